@@ -2,6 +2,20 @@
 
 from __future__ import annotations
 
+from rprselect.data.brats import (
+    LAYOUTS,
+    MODALITIES,
+    Case,
+    CaseError,
+    CaseList,
+    LoadedCase,
+    LoadedCases,
+    canonical_modality,
+    find_cases,
+    load_case,
+    load_cases,
+    write_synthetic_brats,
+)
 from rprselect.data.mnist import (
     MNIST_FILES,
     MNIST_MIRRORS,
@@ -23,4 +37,17 @@ __all__ = [
     "load_digits_tensors",
     "load_mnist",
     "verify_mnist",
+    # BraTS (reading files needs MONAI and nibabel)
+    "LAYOUTS",
+    "MODALITIES",
+    "Case",
+    "CaseError",
+    "CaseList",
+    "LoadedCase",
+    "LoadedCases",
+    "canonical_modality",
+    "find_cases",
+    "load_case",
+    "load_cases",
+    "write_synthetic_brats",
 ]
