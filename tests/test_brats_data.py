@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gzip
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -249,3 +250,11 @@ def test_real_shared_case_at_4mm() -> None:
     # 240x240x155 at 1 mm, cropped to the brain, is at most 60x60x39 at 4 mm.
     assert all(s <= m for s, m in zip(image.shape[1:], (60, 60, 39), strict=True))
     assert np.isfinite(image).all()
+
+
+def test_missing_monai_names_the_extra(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    write_synthetic_brats(tmp_path, n_cases=1, shape=(16, 16, 8))
+    case = find_cases(tmp_path)[0]
+    monkeypatch.setitem(sys.modules, "monai.transforms", None)
+    with pytest.raises(ImportError, match=r"pip install rprselect\[monai\]"):
+        load_case(case)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gzip
+import sys
 import io
 import shutil
 import struct
@@ -200,3 +201,9 @@ class TestImbalance:
             imbalance_indices(self.labels, keep_fraction=0.0)
         with pytest.raises(ValueError, match=r"labels must be 1-D, got shape \(2, 1000\)"):
             imbalance_indices(self.labels.reshape(2, -1))
+
+
+def test_missing_sklearn_names_the_extra(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setitem(sys.modules, "sklearn.datasets", None)
+    with pytest.raises(ImportError, match=r"pip install rprselect\[extras\]"):
+        load_digits_tensors()
