@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import gzip
-import sys
 import io
 import shutil
 import struct
+import sys
 import urllib.error
 import urllib.request
 from pathlib import Path
