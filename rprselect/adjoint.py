@@ -52,7 +52,9 @@ def trace(model: nn.Module) -> fx.GraphModule:
     try:
         graph = tracer.trace(model)
     except Exception as err:  # fx raises many types; all mean "not traceable"
-        raise UnsupportedLayerError(type(model).__name__, f"torch.fx cannot trace it: {err}")
+        raise UnsupportedLayerError(
+            type(model).__name__, f"torch.fx cannot trace it: {err}"
+        ) from err
     return fx.GraphModule(model, graph)
 
 
@@ -64,8 +66,7 @@ _ADD = {operator.add, operator.iadd, torch.add}
 _SUB = {operator.sub, operator.isub, torch.sub}
 _MUL = {operator.mul, operator.imul, torch.mul}
 _DIV = {operator.truediv, operator.itruediv, torch.div}
-_RESHAPE_METHODS = {"view", "reshape", "flatten", "squeeze", "unsqueeze", "view_as",
-                    "reshape_as"}
+_RESHAPE_METHODS = {"view", "reshape", "flatten", "squeeze", "unsqueeze", "view_as", "reshape_as"}
 _NOOP_METHODS = {"contiguous", "clone", "detach"}
 _MAXPOOL_MODULES: dict[type, int] = {nn.MaxPool1d: 1, nn.MaxPool2d: 2, nn.MaxPool3d: 3}
 
@@ -85,8 +86,14 @@ class AdjointCNN(nn.Module):
     Built by :func:`adjoint_cnn`. Printing it lists the adjoint of every layer, last layer first.
     """
 
-    def __init__(self, steps: list[_Step], input_node: str, output_node: str,
-                 in_shape: tuple[int, ...], n_samples: int) -> None:
+    def __init__(
+        self,
+        steps: list[_Step],
+        input_node: str,
+        output_node: str,
+        in_shape: tuple[int, ...],
+        n_samples: int,
+    ) -> None:
         super().__init__()
         self._steps = steps
         self._input, self._output = input_node, output_node
@@ -151,8 +158,9 @@ class _Recorder:
     def _call(self, node: fx.Node) -> None:
         args = fx.node.map_arg(node.args, lambda n: self.env[n.name])
         kwargs = fx.node.map_arg(node.kwargs, lambda n: self.env[n.name])
-        deps = [n.name for n in node.all_input_nodes if n.name in self.linear or n.name in
-                self.meta]
+        deps = [
+            n.name for n in node.all_input_nodes if n.name in self.linear or n.name in self.meta
+        ]
         fn = self._callable(node)
         value = fn(*args, **kwargs)
         self.env[node.name] = value
@@ -179,8 +187,9 @@ class _Recorder:
     def _shape(self, n: fx.Node) -> tuple[int, ...]:
         return tuple(self.env[n.name].shape[1:])
 
-    def _rule(self, node: fx.Node, args: tuple[Any, ...], kwargs: dict[str, Any],
-              value: Tensor) -> tuple[R.Rule, list[str]]:
+    def _rule(
+        self, node: fx.Node, args: tuple[Any, ...], kwargs: dict[str, Any], value: Tensor
+    ) -> tuple[R.Rule, list[str]]:
         lin = [n for n in node.all_input_nodes if n.name in self.linear]
         name = str(node.target) if node.op != "call_function" else node.name
         label = name if node.op == "call_module" else f"{node.name} ({_target_name(node)})"
@@ -194,8 +203,15 @@ class _Recorder:
             return rule[0], rule[1]
         return rule, [n.name for n in lin]
 
-    def _make(self, node: fx.Node, args: tuple[Any, ...], kwargs: dict[str, Any],
-              value: Tensor, lin: list[fx.Node], label: str) -> Any:
+    def _make(
+        self,
+        node: fx.Node,
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+        value: Tensor,
+        lin: list[fx.Node],
+        label: str,
+    ) -> Any:
         if len(lin) == 1:
             x = self.env[lin[0].name]
             shape = self._shape(lin[0])
@@ -205,8 +221,9 @@ class _Recorder:
             return self._module_rule(self.modules[str(node.target)], x, shape, label, value)
         target = node.target
         if node.op == "call_method":
-            return self._method_rule(str(target), node, args, x if len(lin) == 1 else None,
-                                     lin, label, value)
+            return self._method_rule(
+                str(target), node, args, x if len(lin) == 1 else None, lin, label, value
+            )
         if target in _ADD or target in _SUB:
             return self._sum_rule(node, args, lin, label, -1.0 if target in _SUB else 1.0)
         if len(lin) != 1:
@@ -223,10 +240,21 @@ class _Recorder:
             _, idx = target(*args, **kw)  # type: ignore[operator]
             return R.MaxPool(label, shape, idx)
         if target in _AVGPOOL_FUNCS:
-            names = ["kernel_size", "stride", "padding", "ceil_mode", "count_include_pad",
-                     "divisor_override"]
-            defaults: dict[str, Any] = {"stride": None, "padding": 0, "ceil_mode": False,
-                                        "count_include_pad": True, "divisor_override": None}
+            names = [
+                "kernel_size",
+                "stride",
+                "padding",
+                "ceil_mode",
+                "count_include_pad",
+                "divisor_override",
+            ]
+            defaults: dict[str, Any] = {
+                "stride": None,
+                "padding": 0,
+                "ceil_mode": False,
+                "count_include_pad": True,
+                "divisor_override": None,
+            }
             p = dict(defaults, **dict(zip(names, args[1:], strict=False)), **kwargs)
             return R.AvgPool(label, shape, **p)
         if target is F.interpolate:
@@ -254,8 +282,9 @@ class _Recorder:
             return R.Scale(label, shape, -1.0)
         return None
 
-    def _module_rule(self, m: nn.Module, x: Tensor, shape: tuple[int, ...], label: str,
-                     value: Tensor) -> R.Rule | None:
+    def _module_rule(
+        self, m: nn.Module, x: Tensor, shape: tuple[int, ...], label: str, value: Tensor
+    ) -> R.Rule | None:
         if isinstance(m, (nn.Conv1d, nn.Conv2d, nn.Conv3d)):
             if m.padding_mode != "zeros":
                 raise NotImplementedError(f"padding_mode={m.padding_mode!r}")
@@ -263,8 +292,9 @@ class _Recorder:
             return R.Conv(label, shape, m.weight, m.stride, m.padding, m.dilation, m.groups)
         if isinstance(m, (nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d)):
             self._note_bias(label, m.bias)
-            return R.ConvTranspose(label, shape, m.weight, m.stride, m.padding,
-                                   m.output_padding, m.groups, m.dilation)
+            return R.ConvTranspose(
+                label, shape, m.weight, m.stride, m.padding, m.output_padding, m.groups, m.dilation
+            )
         if isinstance(m, nn.Linear):
             self._note_bias(label, m.bias)
             return R.Dense(label, shape, m.weight)
@@ -279,12 +309,27 @@ class _Recorder:
             return R.Nearest(label, shape, lambda g: F.interpolate(g, scale_factor=k))
         if type(m) in _MAXPOOL_MODULES:
             pool = {1: F.max_pool1d, 2: F.max_pool2d, 3: F.max_pool3d}[_MAXPOOL_MODULES[type(m)]]
-            _, idx = pool(x, m.kernel_size, m.stride, m.padding, m.dilation,  # type: ignore
-                          ceil_mode=m.ceil_mode, return_indices=True)
+            _, idx = pool(
+                x,
+                m.kernel_size,
+                m.stride,
+                m.padding,
+                m.dilation,  # type: ignore
+                ceil_mode=m.ceil_mode,
+                return_indices=True,
+            )
             return R.MaxPool(label, shape, idx)
         if isinstance(m, (nn.AvgPool1d, nn.AvgPool2d, nn.AvgPool3d)):
-            return R.AvgPool(label, shape, m.kernel_size, m.stride, m.padding, m.ceil_mode,
-                             m.count_include_pad, getattr(m, "divisor_override", None))
+            return R.AvgPool(
+                label,
+                shape,
+                m.kernel_size,
+                m.stride,
+                m.padding,
+                m.ceil_mode,
+                m.count_include_pad,
+                getattr(m, "divisor_override", None),
+            )
         if isinstance(m, nn.Upsample):
             if m.mode not in ("nearest", "nearest-exact"):
                 raise NotImplementedError(f"Upsample mode {m.mode!r}")
@@ -303,8 +348,16 @@ class _Recorder:
             return self._reshape(label, shape, value, x)
         return None
 
-    def _method_rule(self, method: str, node: fx.Node, args: tuple[Any, ...],
-                     x: Tensor | None, lin: list[fx.Node], label: str, value: Tensor) -> Any:
+    def _method_rule(
+        self,
+        method: str,
+        node: fx.Node,
+        args: tuple[Any, ...],
+        x: Tensor | None,
+        lin: list[fx.Node],
+        label: str,
+        value: Tensor,
+    ) -> Any:
         if method in ("add", "sub", "add_", "sub_"):
             return self._sum_rule(node, args, lin, label, -1.0 if "sub" in method else 1.0)
         if x is None or node.args[0] is not lin[0]:
@@ -326,23 +379,33 @@ class _Recorder:
             return R.Slice(label, shape, rest[0])
         return None
 
-    def _sum_rule(self, node: fx.Node, args: tuple[Any, ...], lin: list[fx.Node], label: str,
-                  sign: float) -> Any:
+    def _sum_rule(
+        self, node: fx.Node, args: tuple[Any, ...], lin: list[fx.Node], label: str, sign: float
+    ) -> Any:
         signs, inputs, shapes = [], [], []
         for pos, a in enumerate(node.args[:2]):
             if isinstance(a, fx.Node) and a.name in self.linear:
                 signs.append(1.0 if pos == 0 else sign)
                 inputs.append(a.name)
                 shapes.append(self._shape(a))
-            elif isinstance(a, Tensor) or (isinstance(a, fx.Node) and isinstance(
-                    self.env[a.name], Tensor)) or isinstance(a, (int, float)):
+            elif (
+                isinstance(a, Tensor)
+                or (isinstance(a, fx.Node) and isinstance(self.env[a.name], Tensor))
+                or isinstance(a, (int, float))
+            ):
                 self.affine.append(label)  # a constant term: A[x]x != F(x)
         if "alpha" in node.kwargs or len(node.args) > 2:
             raise NotImplementedError("add/sub with alpha")
         return R.Sum(label, shapes, signs), inputs
 
-    def _cat_rule(self, node: fx.Node, args: tuple[Any, ...], kwargs: dict[str, Any],
-                  lin: list[fx.Node], label: str) -> Any:
+    def _cat_rule(
+        self,
+        node: fx.Node,
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+        lin: list[fx.Node],
+        label: str,
+    ) -> Any:
         tensors = node.args[0]
         dim = kwargs.get("dim", args[1] if len(args) > 1 else 0)
         assert isinstance(tensors, (list, tuple))
@@ -405,18 +468,25 @@ class AdjointOperator(LinearOperator):
 
     method = "adjoint"
 
-    def __init__(self, model: nn.Module, X: Tensor, *, batched: bool = True,
-                 gm: fx.GraphModule | None = None) -> None:
+    def __init__(
+        self, model: nn.Module, X: Tensor, *, batched: bool = True, gm: fx.GraphModule | None = None
+    ) -> None:
         rec = _Recorder(gm if gm is not None else trace(model))
         with torch.no_grad():
             out = rec.run(X)
-        super().__init__(tuple(X.shape[1:]), tuple(out.shape[1:]),
-                         batch=X.shape[0] if batched else None, dtype=X.dtype, device=X.device)
+        super().__init__(
+            tuple(X.shape[1:]),
+            tuple(out.shape[1:]),
+            batch=X.shape[0] if batched else None,
+            dtype=X.dtype,
+            device=X.device,
+        )
         self.output = out
         self.affine_layers = rec.affine
         self._rec = rec
-        self.adjoint_network = AdjointCNN(rec.steps, rec.input, rec.output, self.in_shape,
-                                          X.shape[0])
+        self.adjoint_network = AdjointCNN(
+            rec.steps, rec.input, rec.output, self.in_shape, X.shape[0]
+        )
 
     @torch.no_grad()
     def _forward(self, t: Tensor) -> Tensor:
@@ -429,10 +499,12 @@ class AdjointOperator(LinearOperator):
                 s = steps[node.name]
                 env[s.node] = s.rule(*(env[i] for i in s.inputs))
             elif node.name in meta:
-                a = fx.node.map_arg(node.args, lambda n: env[n.name] if n.name in env
-                                    else rec.env[n.name])
-                k = fx.node.map_arg(node.kwargs, lambda n: env[n.name] if n.name in env
-                                    else rec.env[n.name])
+                a = fx.node.map_arg(
+                    node.args, lambda n: env[n.name] if n.name in env else rec.env[n.name]
+                )
+                k = fx.node.map_arg(
+                    node.kwargs, lambda n: env[n.name] if n.name in env else rec.env[n.name]
+                )
                 env[node.name] = rec._callable(node)(*a, **k)
         return env[rec.output]
 

@@ -69,9 +69,14 @@ class AutogradOperator(LinearOperator):
         self._model = model
         self._X = X
         with eval_mode(model):
-            out, self._vjp = vjp(model, X)
-        super().__init__(tuple(X.shape[1:]), tuple(out.shape[1:]),
-                         batch=X.shape[0] if batched else None, dtype=X.dtype, device=X.device)
+            out, self._vjp = vjp(model, X)  # type: ignore[misc]
+        super().__init__(
+            tuple(X.shape[1:]),
+            tuple(out.shape[1:]),
+            batch=X.shape[0] if batched else None,
+            dtype=X.dtype,
+            device=X.device,
+        )
         self.output = out.detach()
         self._jvp = jvp
 
@@ -104,8 +109,10 @@ def _check_points(X: Tensor, name: str) -> None:
     zero = X.reshape(X.shape[0], -1).abs().amax(1) == 0
     if zero.any():
         where = zero.nonzero().flatten().tolist()
-        raise ValueError(f"{name} must not be all zeros (RPR is undefined), got an all-zero "
-                         f"sample at index {where[:10]}")
+        raise ValueError(
+            f"{name} must not be all zeros (RPR is undefined), got an all-zero "
+            f"sample at index {where[:10]}"
+        )
 
 
 def linearize_batch(model: nn.Module, X: Tensor, method: Method = "auto") -> LinearOperator:
@@ -130,12 +137,17 @@ def linearize_batch(model: nn.Module, X: Tensor, method: Method = "auto") -> Lin
                 except UnsupportedLayerError as err:
                     if method == "adjoint":
                         raise
-                    warnings.warn(f"falling back to method='autograd': layer {err.layer!r} has "
-                                  "no explicit adjoint rule", AdjointFallbackWarning, stacklevel=2)
+                    warnings.warn(
+                        f"falling back to method='autograd': layer {err.layer!r} has "
+                        "no explicit adjoint rule",
+                        AdjointFallbackWarning,
+                        stacklevel=2,
+                    )
                     op = AutogradOperator(model, X)
         except (RuntimeError, IndexError) as err:
-            raise ValueError(f"x of shape {tuple(X.shape[1:])} was rejected by the model: {err}"
-                             ) from err
+            raise ValueError(
+                f"x of shape {tuple(X.shape[1:])} was rejected by the model: {err}"
+            ) from err
     if not isinstance(op.output, Tensor):  # type: ignore[attr-defined]
         raise TypeError("the model must return one tensor")
     _warn_if_affine(op, model, X)
@@ -177,8 +189,9 @@ def linearize(model: nn.Module, x: Tensor, method: Method = "auto") -> LinearOpe
     if not isinstance(x, Tensor):
         raise TypeError(f"x must be a torch.Tensor, got {type(x).__name__}")
     if x.dim() < 1:
-        raise ValueError(f"x must have shape (C, *spatial) without a batch dimension, got a "
-                         f"{x.dim()}-D tensor")
+        raise ValueError(
+            f"x must have shape (C, *spatial) without a batch dimension, got a {x.dim()}-D tensor"
+        )
     op = linearize_batch(model, x.unsqueeze(0), method)
     op.batch = None
     op.output = op.output[0]  # type: ignore[attr-defined]
@@ -229,4 +242,6 @@ def _warn_if_affine(op: LinearOperator, model: nn.Module, X: Tensor) -> None:
         warnings.warn(
             f"A[x] is the Jacobian of a model with constant terms ({shown}), so A[x]x != F(x); "
             "rprselect.homogeneity_error(model, x) reports how far apart they are",
-            NotHomogeneousWarning, stacklevel=3)
+            NotHomogeneousWarning,
+            stacklevel=3,
+        )

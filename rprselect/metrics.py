@@ -17,7 +17,7 @@ __all__ = ["rpr", "lpr", "label_logits", "rank_k_logits"]
 def _coefficients(vectors: Tensor, x: Tensor, batched: bool, name: str) -> Tensor:
     """``(..., k)`` coefficients of x on the k vectors, in float64."""
     lead = 1 if batched else 0
-    shape = tuple(vectors.shape[lead + 1:])
+    shape = tuple(vectors.shape[lead + 1 :])
     want = tuple(vectors.shape[:lead]) + shape
     if not isinstance(x, Tensor):
         raise TypeError(f"{name} must be a torch.Tensor, got {type(x).__name__}")
@@ -119,4 +119,4 @@ def _combine(weights: Tensor, U: Tensor) -> Tensor:
     lead = weights.dim() - 1
     flat = U.reshape(*U.shape[: lead + 1], -1)
     out = (weights.unsqueeze(-1) * flat).sum(lead)
-    return out.reshape(*U.shape[:lead], *U.shape[lead + 1:])
+    return out.reshape(*U.shape[:lead], *U.shape[lead + 1 :])

@@ -50,7 +50,6 @@ def _ntuple(v: Any, n: int) -> tuple[int, ...]:
 
 def _per_sample(t: Tensor, state: Tensor) -> Tensor:
     """Multiply a ``(b*B, ...)`` block by a per-sample ``(B, ...)`` state."""
-    B = state.shape[0]
     return (t.reshape(-1, *state.shape) * state).reshape(t.shape)
 
 
@@ -77,8 +76,18 @@ class Rule(nn.Module):
 class Conv(Rule):
     """Convolution (no bias); adjoint: transposed convolution with the same kernel (Table 1)."""
 
-    def __init__(self, name: str, in_shape: tuple[int, ...], weight: Tensor, stride: Any,
-                 padding: Any, dilation: Any, groups: int) -> None:
+    weight: Tensor
+
+    def __init__(
+        self,
+        name: str,
+        in_shape: tuple[int, ...],
+        weight: Tensor,
+        stride: Any,
+        padding: Any,
+        dilation: Any,
+        groups: int,
+    ) -> None:
         super().__init__(name, [in_shape])
         d = weight.dim() - 2
         self.d = d
@@ -98,22 +107,35 @@ class Conv(Rule):
         spatial = in_shape[1:]
         out = [
             (n + 2 * p - dil * (kk - 1) - 1) // s + 1
-            for n, p, dil, kk, s in zip(spatial, self.padding, self.dilation, k, self.stride,
-                                        strict=True)
+            for n, p, dil, kk, s in zip(
+                spatial, self.padding, self.dilation, k, self.stride, strict=True
+            )
         ]
         self.output_padding = tuple(
             n - ((o - 1) * s - 2 * p + dil * (kk - 1) + 1)
-            for n, o, s, p, dil, kk in zip(spatial, out, self.stride, self.padding,
-                                           self.dilation, k, strict=True)
+            for n, o, s, p, dil, kk in zip(
+                spatial, out, self.stride, self.padding, self.dilation, k, strict=True
+            )
         )
 
     def forward(self, t: Tensor) -> Tensor:
-        return _CONV[self.d](t, self.weight, None, self.stride, self.padding, self.dilation,
-                             self.groups)
+        return _CONV[self.d](
+            t, self.weight, None, self.stride, self.padding, self.dilation, self.groups
+        )
 
     def adjoint(self, z: Tensor) -> list[Tensor]:
-        return [_CONV_T[self.d](z, self.weight, None, self.stride, self.padding,
-                                self.output_padding, self.groups, self.dilation)]
+        return [
+            _CONV_T[self.d](
+                z,
+                self.weight,
+                None,
+                self.stride,
+                self.padding,
+                self.output_padding,
+                self.groups,
+                self.dilation,
+            )
+        ]
 
     def extra_repr(self) -> str:
         return f"{self.name}: adjoint = ConvTranspose{self.d}d(weight {tuple(self.weight.shape)})"
@@ -122,8 +144,19 @@ class Conv(Rule):
 class ConvTranspose(Rule):
     """Transposed convolution (no bias); adjoint: the plain convolution with the same kernel."""
 
-    def __init__(self, name: str, in_shape: tuple[int, ...], weight: Tensor, stride: Any,
-                 padding: Any, output_padding: Any, groups: int, dilation: Any) -> None:
+    weight: Tensor
+
+    def __init__(
+        self,
+        name: str,
+        in_shape: tuple[int, ...],
+        weight: Tensor,
+        stride: Any,
+        padding: Any,
+        output_padding: Any,
+        groups: int,
+        dilation: Any,
+    ) -> None:
         super().__init__(name, [in_shape])
         d = weight.dim() - 2
         self.d = d
@@ -133,12 +166,23 @@ class ConvTranspose(Rule):
         self.groups = groups
 
     def forward(self, t: Tensor) -> Tensor:
-        return _CONV_T[self.d](t, self.weight, None, self.stride, self.padding,
-                               self.output_padding, self.groups, self.dilation)
+        return _CONV_T[self.d](
+            t,
+            self.weight,
+            None,
+            self.stride,
+            self.padding,
+            self.output_padding,
+            self.groups,
+            self.dilation,
+        )
 
     def adjoint(self, z: Tensor) -> list[Tensor]:
-        return [_CONV[self.d](z, self.weight, None, self.stride, self.padding, self.dilation,
-                              self.groups)]
+        return [
+            _CONV[self.d](
+                z, self.weight, None, self.stride, self.padding, self.dilation, self.groups
+            )
+        ]
 
     def extra_repr(self) -> str:
         return f"{self.name}: adjoint = Conv{self.d}d(weight {tuple(self.weight.shape)})"
@@ -146,6 +190,8 @@ class ConvTranspose(Rule):
 
 class Dense(Rule):
     """Linear layer (no bias); adjoint: multiplication by the transposed weight."""
+
+    weight: Tensor
 
     def __init__(self, name: str, in_shape: tuple[int, ...], weight: Tensor) -> None:
         super().__init__(name, [in_shape])
@@ -164,6 +210,8 @@ class Dense(Rule):
 class Mask(Rule):
     """ReLU or LeakyReLU frozen to x's pattern: multiply by the recorded slope (Table 1)."""
 
+    slope: Tensor
+
     def __init__(self, name: str, in_shape: tuple[int, ...], slope: Tensor) -> None:
         super().__init__(name, [in_shape])
         self.register_buffer("slope", slope, persistent=False)
@@ -180,6 +228,8 @@ class Mask(Rule):
 
 class MaxPool(Rule):
     """Max pooling frozen to x's argmax; adjoint: zero-stuffing at those positions (Table 1)."""
+
+    indices: Tensor
 
     def __init__(self, name: str, in_shape: tuple[int, ...], indices: Tensor) -> None:
         super().__init__(name, [in_shape])
@@ -204,9 +254,17 @@ class MaxPool(Rule):
 class AvgPool(Rule):
     """Average pooling (input independent); adjoint: ATen's exact average-pool backward kernel."""
 
-    def __init__(self, name: str, in_shape: tuple[int, ...], kernel_size: Any, stride: Any,
-                 padding: Any, ceil_mode: bool, count_include_pad: bool,
-                 divisor_override: int | None) -> None:
+    def __init__(
+        self,
+        name: str,
+        in_shape: tuple[int, ...],
+        kernel_size: Any,
+        stride: Any,
+        padding: Any,
+        ceil_mode: bool,
+        count_include_pad: bool,
+        divisor_override: int | None,
+    ) -> None:
         super().__init__(name, [in_shape])
         d = len(in_shape) - 1
         if d not in (1, 2, 3):
@@ -224,26 +282,60 @@ class AvgPool(Rule):
     def forward(self, t: Tensor) -> Tensor:
         if self.d == 1:
             k, s, p = self._as2d()
-            return F.avg_pool2d(t.unsqueeze(2), k, s, p, self.ceil_mode, self.count_include_pad,
-                                self.divisor_override).squeeze(2)
+            return F.avg_pool2d(
+                t.unsqueeze(2),
+                k,
+                s,
+                p,
+                self.ceil_mode,
+                self.count_include_pad,
+                self.divisor_override,
+            ).squeeze(2)
         pool = F.avg_pool2d if self.d == 2 else F.avg_pool3d
-        return pool(t, self.kernel_size, self.stride, self.padding, self.ceil_mode,
-                    self.count_include_pad, self.divisor_override)
+        return pool(
+            t,
+            self.kernel_size,
+            self.stride,
+            self.padding,
+            self.ceil_mode,
+            self.count_include_pad,
+            self.divisor_override,
+        )
 
     def adjoint(self, z: Tensor) -> list[Tensor]:
         shape = (z.shape[0], *self.in_shapes[0])
         if self.d == 1:
             k, s, p = self._as2d()
             like = z.new_zeros(()).expand(shape[0], shape[1], 1, shape[2])
-            out = torch.ops.aten.avg_pool2d_backward(z.unsqueeze(2), like, k, s, p,
-                                                     self.ceil_mode, self.count_include_pad,
-                                                     self.divisor_override)
+            out = torch.ops.aten.avg_pool2d_backward(
+                z.unsqueeze(2),
+                like,
+                k,
+                s,
+                p,
+                self.ceil_mode,
+                self.count_include_pad,
+                self.divisor_override,
+            )
             return [out.squeeze(2)]
-        backward = (torch.ops.aten.avg_pool2d_backward if self.d == 2
-                    else torch.ops.aten.avg_pool3d_backward)
+        backward = (
+            torch.ops.aten.avg_pool2d_backward
+            if self.d == 2
+            else torch.ops.aten.avg_pool3d_backward
+        )
         like = z.new_zeros(()).expand(shape)
-        return [backward(z, like, self.kernel_size, self.stride, self.padding, self.ceil_mode,
-                         self.count_include_pad, self.divisor_override)]
+        return [
+            backward(
+                z,
+                like,
+                self.kernel_size,
+                self.stride,
+                self.padding,
+                self.ceil_mode,
+                self.count_include_pad,
+                self.divisor_override,
+            )
+        ]
 
     def extra_repr(self) -> str:
         return f"{self.name}: adjoint = spread each value evenly over its window"
@@ -277,8 +369,11 @@ class Nearest(Rule):
     nearest/nearest-exact size or scale factor is exact.
     """
 
-    def __init__(self, name: str, in_shape: tuple[int, ...], resample: Callable[[Tensor], Tensor]
-                 ) -> None:
+    source: Tensor
+
+    def __init__(
+        self, name: str, in_shape: tuple[int, ...], resample: Callable[[Tensor], Tensor]
+    ) -> None:
         super().__init__(name, [in_shape])
         spatial = in_shape[1:]
         grid = torch.arange(math.prod(spatial), dtype=torch.float64).reshape(1, 1, *spatial)
@@ -303,6 +398,8 @@ class Nearest(Rule):
 
 class ChannelScale(Rule):
     """Eval-mode batch norm: a per-channel scale (its shift is constant and drops out)."""
+
+    scale: Tensor
 
     def __init__(self, name: str, in_shape: tuple[int, ...], scale: Tensor) -> None:
         super().__init__(name, [in_shape])
@@ -341,8 +438,7 @@ class Reshape(Rule):
     (``x.view(x.size(0), -1)``) need no re-evaluation.
     """
 
-    def __init__(self, name: str, in_shape: tuple[int, ...], out_shape: tuple[int, ...]
-                 ) -> None:
+    def __init__(self, name: str, in_shape: tuple[int, ...], out_shape: tuple[int, ...]) -> None:
         super().__init__(name, [in_shape])
         self.out_shape = tuple(out_shape)
 
@@ -399,8 +495,9 @@ class Concat(Rule):
     ``linear`` flags which inputs depend on x; constant inputs get zero tangents.
     """
 
-    def __init__(self, name: str, in_shapes: Sequence[tuple[int, ...]], dim: int,
-                 linear: Sequence[bool]) -> None:
+    def __init__(
+        self, name: str, in_shapes: Sequence[tuple[int, ...]], dim: int, linear: Sequence[bool]
+    ) -> None:
         super().__init__(name, in_shapes)
         self.dim = dim % (len(in_shapes[0]) + 1)
         if self.dim == 0:
@@ -411,8 +508,10 @@ class Concat(Rule):
     def forward(self, *ts: Tensor) -> Tensor:
         it = iter(ts)
         rows = ts[0].shape[0]
-        parts = [next(it) if lin else ts[0].new_zeros(rows, *shape)
-                 for lin, shape in zip(self.linear, self.in_shapes, strict=True)]
+        parts = [
+            next(it) if lin else ts[0].new_zeros(rows, *shape)
+            for lin, shape in zip(self.linear, self.in_shapes, strict=True)
+        ]
         return torch.cat(parts, self.dim)
 
     def adjoint(self, z: Tensor) -> list[Tensor]:
@@ -423,8 +522,9 @@ class Concat(Rule):
 class Sum(Rule):
     """A residual sum ``a + b`` (or difference); adjoint: fan the cotangent out to each input."""
 
-    def __init__(self, name: str, in_shapes: Sequence[tuple[int, ...]], signs: Sequence[float]
-                 ) -> None:
+    def __init__(
+        self, name: str, in_shapes: Sequence[tuple[int, ...]], signs: Sequence[float]
+    ) -> None:
         super().__init__(name, in_shapes)
         self.signs = list(signs)
 
@@ -436,8 +536,10 @@ class Sum(Rule):
 
     def adjoint(self, z: Tensor) -> list[Tensor]:
         rows = z.shape[0]
-        return [(z if s == 1 else s * z).sum_to_size(rows, *shape)
-                for s, shape in zip(self.signs, self.in_shapes, strict=True)]
+        return [
+            (z if s == 1 else s * z).sum_to_size(rows, *shape)
+            for s, shape in zip(self.signs, self.in_shapes, strict=True)
+        ]
 
 
 class Identity(Rule):

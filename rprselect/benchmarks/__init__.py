@@ -13,7 +13,10 @@ __all__ = ["BENCHMARKS", "load"]
 
 #: subcommand -> (module, one-line help)
 BENCHMARKS: dict[str, tuple[str, str]] = {
-    "mnist-imbalance": ("mnist_imbalance", "the paper's MNIST class-imbalance experiment (Fig. 1-3)"),
+    "mnist-imbalance": (
+        "mnist_imbalance",
+        "the paper's MNIST class-imbalance experiment (Fig. 1-3)",
+    ),
     "brats": ("brats", "the paper's BraTS segmentation experiment (Table 2, Fig. 4)"),
     "solvers": ("solvers", "solver cost against the paper's SLEPc method, and throughput"),
     "active-learning": ("active_learning", "learning curves of RPR against standard acquisitions"),

@@ -42,8 +42,9 @@ def choose_solver(op: LinearOperator, k: int, config: SolverConfig) -> str:
 
 def _validate(op: LinearOperator, k: int, tol: float, solver: str) -> None:
     if solver not in ("auto", *_BACKENDS):
-        raise ValueError(f"solver must be one of 'auto', 'dense', 'lanczos', 'slepc', "
-                         f"got {solver!r}")
+        raise ValueError(
+            f"solver must be one of 'auto', 'dense', 'lanczos', 'slepc', got {solver!r}"
+        )
     if isinstance(k, bool) or not isinstance(k, int):
         raise TypeError(f"k must be an int, got {type(k).__name__}")
     r = min(op.shape)
@@ -53,8 +54,7 @@ def _validate(op: LinearOperator, k: int, tol: float, solver: str) -> None:
         raise ValueError(f"tol must be > 0, got {tol}")
 
 
-def _run(op: LinearOperator, k: int, tol: float, solver: str, config: SolverConfig
-         ) -> SVDResult:
+def _run(op: LinearOperator, k: int, tol: float, solver: str, config: SolverConfig) -> SVDResult:
     _validate(op, k, tol, solver)
     name = choose_solver(op, k, config) if solver == "auto" else solver
     t0 = time.perf_counter()
@@ -109,8 +109,10 @@ def svd(
             raise ValueError("x is required when a model is given")
         op = linearize(model_or_operator, x, method)
     else:
-        raise TypeError(f"model_or_operator must be an nn.Module or a LinearOperator, got "
-                        f"{type(model_or_operator).__name__}")
+        raise TypeError(
+            f"model_or_operator must be an nn.Module or a LinearOperator, got "
+            f"{type(model_or_operator).__name__}"
+        )
     result = _run(op, k, tol, solver, config)
     if op.batch is None:
         result = result[0] if result.batched else result

@@ -32,8 +32,9 @@ class NotConvergedWarning(UserWarning):
     """Some singular triplets did not reach the tolerance; see ``SVDResult.converged``."""
 
 
-def _orthonormalize(W: Tensor, basis: Tensor, want: int, gen: torch.Generator
-                    ) -> tuple[Tensor, Tensor]:
+def _orthonormalize(
+    W: Tensor, basis: Tensor, want: int, gen: torch.Generator
+) -> tuple[Tensor, Tensor]:
     """Orthonormal ``(B, N, want)`` block spanning W's part outside ``basis``, plus the
     ``(B, want, c)`` coefficients of that part in it. Deficient columns (already in the span)
     are replaced by random directions so that the block keeps its size.
@@ -100,7 +101,7 @@ def lanczos_svd(op: LinearOperator, k: int, tol: float, config: SolverConfig) ->
             P, C = _orthonormalize(src, V, bv, gen)
             E = torch.zeros(B, bv, U.shape[-1], dtype=dt, device=dev)
             if Zq is not None:
-                E[..., U.shape[-1] - Zq.shape[-1]:] = C
+                E[..., U.shape[-1] - Zq.shape[-1] :] = C
         else:
             E = torch.zeros(B, 0, U.shape[-1], dtype=dt, device=dev)
         kk = min(k, S.shape[-1])
@@ -125,14 +126,22 @@ def lanczos_svd(op: LinearOperator, k: int, tol: float, config: SolverConfig) ->
     converged = residuals <= tol
     if not bool(converged.all()):
         bad = (~converged).sum().item()
-        warnings.warn(f"lanczos: {bad} of {converged.numel()} singular triplets did not reach "
-                      f"tol={tol} within max_iter={config.max_iter} (see .converged)",
-                      NotConvergedWarning, stacklevel=3)
+        warnings.warn(
+            f"lanczos: {bad} of {converged.numel()} singular triplets did not reach "
+            f"tol={tol} within max_iter={config.max_iter} (see .converged)",
+            NotConvergedWarning,
+            stacklevel=3,
+        )
     return SVDResult(
-        U=Uk.reshape(B, k, *op.out_shape), S=Sk,
-        V=Vk.reshape(B, k, *op.in_shape), residuals=residuals, converged=converged,
-        n_products=(op.n_products - before_p) // B, n_passes=op.n_passes - before_n,
-        solver=f"lanczos(b={b})", tol=tol,
+        U=Uk.reshape(B, k, *op.out_shape),
+        S=Sk,
+        V=Vk.reshape(B, k, *op.in_shape),
+        residuals=residuals,
+        converged=converged,
+        n_products=(op.n_products - before_p) // B,
+        n_passes=op.n_passes - before_n,
+        solver=f"lanczos(b={b})",
+        tol=tol,
     )
 
 
@@ -148,13 +157,12 @@ def _apply(op: LinearOperator, block: Tensor, *, forward: bool) -> Tensor:
 
 def _ritz(U: Tensor, AV: Tensor) -> tuple[Tensor, Tensor, Tensor]:
     """SVD of the projected matrix ``U^T A V`` in float64: (X, S, Y) with B = X S Y^T."""
-    Bm = (U.mT.double() @ AV.double())
+    Bm = U.mT.double() @ AV.double()
     X, S, Yh = torch.linalg.svd(Bm, full_matrices=False)
     return X, S, Yh.mT
 
 
-def _residuals_from_products(AVk: Tensor, Zk: Tensor, Uk: Tensor, Vk: Tensor, S: Tensor
-                             ) -> Tensor:
+def _residuals_from_products(AVk: Tensor, Zk: Tensor, Uk: Tensor, Vk: Tensor, S: Tensor) -> Tensor:
     """Residuals of Ritz triplets from the stored products ``A v`` and ``A^T u`` (no new ones)."""
     s = S.unsqueeze(-1)
     r1 = (AVk.double() - s * Uk.double()).norm(dim=-1)

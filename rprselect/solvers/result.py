@@ -89,8 +89,14 @@ class SVDResult:
         """Sample ``i`` of a batched result."""
         if not self.batched:
             raise TypeError("indexing needs a batched SVDResult (from svd_batch)")
-        return dataclasses.replace(self, U=self.U[i], S=self.S[i], V=self.V[i],
-                                   residuals=self.residuals[i], converged=self.converged[i])
+        return dataclasses.replace(
+            self,
+            U=self.U[i],
+            S=self.S[i],
+            V=self.V[i],
+            residuals=self.residuals[i],
+            converged=self.converged[i],
+        )
 
 
 def measured_residuals(A: Tensor | LinearOperator, U: Tensor, S: Tensor, V: Tensor) -> Tensor:

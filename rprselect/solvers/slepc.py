@@ -60,12 +60,12 @@ class _Shell:
         self._run(x, y, forward=False)
 
 
-def _solve_one(op: LinearOperator, sample: int, k: int, tol: float, config: SolverConfig
-               ) -> tuple[np.ndarray, np.ndarray, np.ndarray, int]:
+def _solve_one(
+    op: LinearOperator, sample: int, k: int, tol: float, config: SolverConfig
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, int]:
     PETSc, SLEPc = import_slepc()
     m, n = op.shape
-    A = PETSc.Mat().createPython([[m, m], [n, n]], context=_Shell(op, sample),
-                                 comm=PETSc.COMM_SELF)
+    A = PETSc.Mat().createPython([[m, m], [n, n]], context=_Shell(op, sample), comm=PETSc.COMM_SELF)
     A.setUp()
     solver = SLEPc.SVD().create(comm=PETSc.COMM_SELF)
     solver.setOperators(A)
@@ -109,12 +109,20 @@ def slepc_svd(op: LinearOperator, k: int, tol: float, config: SolverConfig) -> S
     residuals[~found] = float("inf")
     converged = residuals <= tol
     if not bool(converged.all()):
-        warnings.warn(f"slepc: {(~converged).sum().item()} of {converged.numel()} singular "
-                      f"triplets did not reach tol={tol} (see .converged)",
-                      NotConvergedWarning, stacklevel=3)
+        warnings.warn(
+            f"slepc: {(~converged).sum().item()} of {converged.numel()} singular "
+            f"triplets did not reach tol={tol} (see .converged)",
+            NotConvergedWarning,
+            stacklevel=3,
+        )
     return SVDResult(
-        U=U_t.to(op.dtype).reshape(B, k, *op.out_shape), S=S_t.nan_to_num(0.0),
-        V=V_t.to(op.dtype).reshape(B, k, *op.in_shape), residuals=residuals,
-        converged=converged, n_products=spent_p // B, n_passes=spent_n,
-        solver=f"slepc({config.slepc_type})", tol=tol,
+        U=U_t.to(op.dtype).reshape(B, k, *op.out_shape),
+        S=S_t.nan_to_num(0.0),
+        V=V_t.to(op.dtype).reshape(B, k, *op.in_shape),
+        residuals=residuals,
+        converged=converged,
+        n_products=spent_p // B,
+        n_passes=spent_n,
+        solver=f"slepc({config.slepc_type})",
+        tol=tol,
     )
