@@ -111,13 +111,13 @@ class LinearOperator:
 
         def mat(v: Any) -> Any:
             y = torch.as_tensor(np.asarray(v).T.reshape(-1, *self.in_shape))
-            out = self.matmat(y.to(self.device, self.dtype)).reshape(-1, m).T
-            return out.detach().cpu().double().numpy().reshape(np.asarray(v).shape[:1] + (-1,))
+            out = self.matmat(y.to(self.device, self.dtype)).reshape(-1, m).T  # (m, b)
+            return out.detach().cpu().double().numpy()
 
         def rmat(v: Any) -> Any:
             z = torch.as_tensor(np.asarray(v).T.reshape(-1, *self.out_shape))
-            out = self.rmatmat(z.to(self.device, self.dtype)).reshape(-1, n).T
-            return out.detach().cpu().double().numpy().reshape(np.asarray(v).shape[:1] + (-1,))
+            out = self.rmatmat(z.to(self.device, self.dtype)).reshape(-1, n).T  # (n, b)
+            return out.detach().cpu().double().numpy()
 
         return ScipyOperator(
             shape=(m, n),
