@@ -66,7 +66,16 @@ def _default_ncv(k: int, b: int, m: int, n: int) -> int:
 
 
 def lanczos_svd(op: LinearOperator, k: int, tol: float, config: SolverConfig) -> SVDResult:
-    """Top-k singular triplets by thick-restart block Lanczos bidiagonalisation."""
+    """Top-k singular triplets by thick-restart block Lanczos bidiagonalisation.
+
+    Triplets that ``max_iter`` leaves unbuilt come back with zero vectors, ``S = 0`` and an
+    infinite residual, flagged in ``converged`` with a :class:`NotConvergedWarning`.
+
+    Note:
+        A singular value repeated more than ``block_size`` times may be under-counted: in exact
+        arithmetic a Krylov space grown from b vectors holds at most b directions of each
+        singular subspace. Use ``block_size`` >= the multiplicity, or the dense solver.
+    """
     m, n = op.shape
     B, b = op.n_samples, config.block_size
     ncv = config.ncv or _default_ncv(k, b, m, n)
@@ -115,14 +124,18 @@ def lanczos_svd(op: LinearOperator, k: int, tol: float, config: SolverConfig) ->
             V, AV, U, Z, E = V @ Yl, AV @ Yl, U @ Xl, Z @ Xl, E @ Xl
 
     X, S, Y = _ritz(U, AV)
-    if S.shape[-1] < k:
-        raise RuntimeError(f"Lanczos built only {S.shape[-1]} Ritz values for k={k}")
-    Uk = (U @ X[..., :k].to(dt)).mT
-    Vk = (V @ Y[..., :k].to(dt)).mT
-    Sk = S[..., :k]
-    AVk = (AV @ Y[..., :k].to(dt)).mT
-    Zk = (Z @ X[..., :k].to(dt)).mT
+    kk = min(k, S.shape[-1])  # max_iter may stop before k Ritz values exist
+    Uk = (U @ X[..., :kk].to(dt)).mT
+    Vk = (V @ Y[..., :kk].to(dt)).mT
+    Sk = S[..., :kk]
+    AVk = (AV @ Y[..., :kk].to(dt)).mT
+    Zk = (Z @ X[..., :kk].to(dt)).mT
     residuals = _residuals_from_products(AVk, Zk, Uk, Vk, Sk)
+    if kk < k:  # missing triplets: zero vectors and values, infinite residual (as slepc does)
+        Uk = torch.cat([Uk, Uk.new_zeros(B, k - kk, m)], 1)
+        Vk = torch.cat([Vk, Vk.new_zeros(B, k - kk, n)], 1)
+        Sk = torch.cat([Sk, Sk.new_zeros(B, k - kk)], 1)
+        residuals = torch.cat([residuals, residuals.new_full((B, k - kk), float("inf"))], 1)
     converged = residuals <= tol
     if not bool(converged.all()):
         bad = (~converged).sum().item()
