@@ -42,7 +42,13 @@ if [[ ",$EXTRAS," == *",all,"* || ",$EXTRAS," == *",slepc,"* ]]; then
         echo "install: PETSc/SLEPc $PETSC_VERSION (first build ~25 min on 2 cores, cached afterwards)"
         export PETSC_CONFIGURE_OPTIONS="--with-cuda=0 --with-fc=0"
         for pkg in petsc petsc4py slepc slepc4py; do
-            pip install --no-build-isolation "$pkg==$PETSC_VERSION"
+            # The Cython modules of petsc4py/slepc4py compile into one huge C file: without
+            # debug info and at -O1, gcc needs a fraction of the memory (-O3 -g was OOM-killed).
+            if [[ $pkg == *4py ]]; then
+                CFLAGS="-O1 -g0" pip install --no-build-isolation "$pkg==$PETSC_VERSION"
+            else
+                pip install --no-build-isolation "$pkg==$PETSC_VERSION"
+            fi
         done
     fi
 fi
