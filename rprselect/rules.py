@@ -342,21 +342,28 @@ class AvgPool(Rule):
 
 
 class SumPoolRule(Rule):
-    """Sum pooling (paper Lemma 1); adjoint: nearest-neighbour upsampling (Lemma 3)."""
+    """Sum pooling (paper Lemma 1); adjoint: nearest-neighbour upsampling (Lemma 3).
+
+    Like the layer, a size not divisible by the window drops its trailing remainder; the
+    adjoint sends zeros there.
+    """
 
     def __init__(self, name: str, in_shape: tuple[int, ...], kernel_size: int) -> None:
         super().__init__(name, [in_shape])
         self.d = len(in_shape) - 1
         self.k = kernel_size
-        if any(n % kernel_size for n in in_shape[1:]):
-            raise NotImplementedError(f"{name}: sum pooling of a size not divisible by {self.k}")
 
     def forward(self, t: Tensor) -> Tensor:
         pool = {1: F.avg_pool1d, 2: F.avg_pool2d, 3: F.avg_pool3d}[self.d]
         return pool(t, self.k) * float(self.k**self.d)
 
     def adjoint(self, z: Tensor) -> list[Tensor]:
-        return [F.interpolate(z, scale_factor=float(self.k), mode="nearest")]
+        up = F.interpolate(z, scale_factor=float(self.k), mode="nearest")
+        pad: list[int] = []  # F.pad lists the last axis first
+        spatial = zip(reversed(self.in_shapes[0][1:]), reversed(up.shape[2:]), strict=True)
+        for size, covered in spatial:
+            pad += [0, size - covered]
+        return [F.pad(up, pad) if any(pad) else up]
 
     def extra_repr(self) -> str:
         return f"{self.name}: adjoint = nearest-neighbour upsampling x{self.k}"
