@@ -193,12 +193,16 @@ class _Recorder:
         lin = [n for n in node.all_input_nodes if n.name in self.linear]
         name = str(node.target) if node.op != "call_function" else node.name
         label = name if node.op == "call_module" else f"{node.name} ({_target_name(node)})"
+        # errors name the module's type too: "act (GELU)", not just "act"
+        where = (
+            f"{label} ({type(self.modules[name]).__name__})" if node.op == "call_module" else label
+        )
         try:
             rule = self._make(node, args, kwargs, value, lin, label)
         except NotImplementedError as err:
-            raise UnsupportedLayerError(label, str(err)) from None
+            raise UnsupportedLayerError(where, str(err)) from None
         if rule is None:
-            raise UnsupportedLayerError(label, "no adjoint rule for this operation")
+            raise UnsupportedLayerError(where, "no adjoint rule for this operation")
         if isinstance(rule, tuple):
             return rule[0], rule[1]
         return rule, [n.name for n in lin]
