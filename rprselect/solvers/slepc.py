@@ -76,12 +76,12 @@ def _solve_one(
     solver.setConvergenceTest(SLEPc.SVD.Conv.REL)
     init = PETSc.Vec().createSeq(n, comm=PETSc.COMM_SELF)
     init.setArray(np.random.default_rng(config.seed).standard_normal(n))
-    solver.setInitialSpace([init])
+    solver.setInitialSpace([init], [])  # slepc4py 3.26 fails on spaceleft=None
     solver.solve()
     nconv = solver.getConverged()
     S = np.full(k, np.nan)
     U, V = np.zeros((k, m)), np.zeros((k, n))
-    u, v = A.createVecs()
+    v, u = A.createVecs()  # (right: n, left: m)
     for i in range(min(nconv, k)):
         S[i] = solver.getSingularTriplet(i, u, v)
         U[i], V[i] = u.getArray(), v.getArray()
