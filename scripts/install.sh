@@ -54,4 +54,8 @@ if [[ ",$EXTRAS," == *",all,"* || ",$EXTRAS," == *",slepc,"* ]]; then
 fi
 
 pip install -e ".[$EXTRAS]" "torch==$TORCH_VERSION"
+if [[ ",$EXTRAS," == *",all,"* || ",$EXTRAS," == *",modal,"* ]]; then
+    # modAL 0.4.2.1 pins skorch==0.9.0 (pre torch 2); its code works with current skorch.
+    pip install --no-deps "modAL-python==0.4.2.1"
+fi
 echo "$want" > "$STAMP"
