@@ -7,9 +7,12 @@ batch of images shares each pass.
 
 from __future__ import annotations
 
+import warnings
+
 import torch
 
 from ..operator import LinearOperator
+from .lanczos import NotConvergedWarning
 from .result import SolverConfig, SVDResult, measured_residuals
 
 __all__ = ["dense_svd"]
@@ -26,12 +29,21 @@ def dense_svd(op: LinearOperator, k: int, tol: float, config: SolverConfig) -> S
     U, S, V = U[..., :k].transpose(1, 2), S[..., :k], Vh[:, :k]
     residuals = measured_residuals(A64, U, S, V)
     B = A.shape[0]
+    converged = residuals <= tol
+    if not bool(converged.all()):  # exact: only singular values near 0 miss a *relative* tol
+        warnings.warn(
+            f"dense: {(~converged).sum().item()} of {converged.numel()} singular triplets miss "
+            f"the relative tol={tol}; for an exact solve this means singular values near 0 "
+            "(k exceeds the numerical rank of A[x]); see .converged",
+            NotConvergedWarning,
+            stacklevel=3,
+        )
     return SVDResult(
         U=U.to(op.dtype).reshape(B, k, *op.out_shape),
         S=S,
         V=V.to(op.dtype).reshape(B, k, *op.in_shape),
         residuals=residuals,
-        converged=residuals <= tol,
+        converged=converged,
         n_products=(op.n_products - before_p) // B,
         n_passes=op.n_passes - before_n,
         solver="dense",
