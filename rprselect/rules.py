@@ -480,6 +480,9 @@ class Slice(Rule):
     def __init__(self, name: str, in_shape: tuple[int, ...], index: Any) -> None:
         super().__init__(name, [in_shape])
         index = index if isinstance(index, tuple) else (index,)
+        consumed = sum(1 for i in index[1:] if i is not None and i is not Ellipsis)
+        if index and index[0] is Ellipsis and consumed <= len(in_shape):
+            index = (slice(None), *index)  # t[..., 0]: the ellipsis spans the batch dimension
         if not index or index[0] != slice(None):
             raise NotImplementedError(f"{name}: indexing that selects along the batch dimension")
         for i in index:
