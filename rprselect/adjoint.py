@@ -9,6 +9,7 @@ vectors, with no autograd tape.
 
 from __future__ import annotations
 
+import inspect
 import operator
 from collections.abc import Callable
 from typing import Any
@@ -129,6 +130,7 @@ class _Recorder:
 
     def run(self, x: Tensor) -> Tensor:
         out: Any = None
+        self.order = {n: i for i, n in enumerate(self.gm.graph.nodes)}
         last_use: dict[str, fx.Node] = {}
         for node in self.gm.graph.nodes:
             for src in node.all_input_nodes:
@@ -216,6 +218,8 @@ class _Recorder:
         lin: list[fx.Node],
         label: str,
     ) -> Any:
+        if _is_inplace(node, self.modules) and _mutates_later_read(node, self.order, self.modules):
+            raise NotImplementedError("an in-place operation on a tensor that is read again later")
         if len(lin) == 1:
             x = self.env[lin[0].name]
             shape = self._shape(lin[0])
@@ -428,6 +432,88 @@ class _Recorder:
     def _note_bias(self, label: str, bias: Tensor | None) -> None:
         if bias is not None:
             self.affine.append(label)
+
+
+_VIEW_FUNCS = {
+    operator.getitem,
+    torch.flatten,
+    torch.reshape,
+    torch.squeeze,
+    torch.unsqueeze,
+    torch.permute,
+    torch.transpose,
+    torch.narrow,
+    torch.select,
+}
+_VIEW_METHODS = _RESHAPE_METHODS | {"permute", "transpose", "__getitem__", "contiguous", "detach"}
+_VIEW_METHODS |= {"expand", "expand_as", "narrow", "select", "t"}
+_VIEW_MODULES = (nn.Identity, nn.Flatten, nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.Dropout3d)
+
+
+def _is_inplace(node: fx.Node, modules: dict[str, nn.Module]) -> bool:
+    """Whether a node overwrites its first argument (``relu_``, ``inplace=True``, ``x.add_``)."""
+    if node.op == "call_module":
+        m = modules[str(node.target)]
+        return bool(getattr(m, "inplace", False)) and not isinstance(m, _VIEW_MODULES)
+    if node.op == "call_method":
+        name = str(node.target)
+        return name.endswith("_") and not name.startswith("__")
+    if node.op != "call_function":
+        return False
+    if node.target in (operator.iadd, operator.isub, operator.imul, operator.itruediv):
+        return True
+    if getattr(node.target, "__name__", "").endswith("_"):
+        return True
+    try:  # F.relu(x, True) as well as F.relu(x, inplace=True)
+        bound = inspect.signature(node.target).bind(*node.args, **node.kwargs)  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        return bool(node.kwargs.get("inplace", False))
+    return node.target not in (F.dropout, F.dropout1d, F.dropout2d, F.dropout3d) and bool(
+        bound.arguments.get("inplace", False)
+    )
+
+
+def _is_view(node: fx.Node, modules: dict[str, nn.Module]) -> bool:
+    """Whether a node may return (a view of) its first argument's storage."""
+    if node.op == "call_function":
+        return node.target in _VIEW_FUNCS
+    if node.op == "call_method":
+        return str(node.target) in _VIEW_METHODS
+    if node.op == "call_module":  # Identity, eval-mode Dropout and Flatten return aliases
+        return isinstance(modules[str(node.target)], _VIEW_MODULES)
+    return False
+
+
+def _mutates_later_read(
+    node: fx.Node, order: dict[fx.Node, int], modules: dict[str, nn.Module]
+) -> bool:
+    """Whether an in-place node overwrites storage that another node reads afterwards.
+
+    The traced graph names the value before and after the in-place op differently, so such a
+    later read would get the pre-op tangent in the rule chain while the model sees the post-op
+    data. Views share storage, so the search follows them up to their base and down again.
+    """
+    first = node.args[0] if node.args else None
+    if not isinstance(first, fx.Node):
+        return False
+    pos = order[node]
+    seen: set[fx.Node] = set()
+    stack = [first]
+    while stack:
+        t = stack.pop()
+        if t in seen:
+            continue
+        seen.add(t)
+        if _is_view(t, modules) and t.args and isinstance(t.args[0], fx.Node):
+            stack.append(t.args[0])
+        for user in t.users:
+            if user is node:
+                continue
+            if order[user] > pos:
+                return True
+            if _is_view(user, modules):
+                stack.append(user)
+    return False
 
 
 def _leaky_slope(x: Tensor, negative_slope: float) -> Tensor:
