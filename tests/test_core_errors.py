@@ -146,7 +146,22 @@ class _FunctionalSoftmax(nn.Module):
         return torch.softmax(self.conv(x).flatten(1), dim=1)
 
 
+class _InplaceAlias(nn.Module):
+    """An in-place ReLU on a tensor that a skip reads afterwards: no frozen chain can express it."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(1, 2, 3, bias=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.conv(x)
+        skip = h
+        h = torch.relu_(h)  # overwrites skip too
+        return (h + 2 * skip).flatten(1)
+
+
 UNSUPPORTED = [
+    pytest.param(_InplaceAlias, "relu_ (relu_)", id="inplace-alias"),
     pytest.param(lambda: _Act(nn.GELU()), "act (GELU)", id="GELU"),
     pytest.param(lambda: _Act(nn.Softmax(dim=1)), "act (Softmax)", id="Softmax"),
     pytest.param(lambda: _Act(nn.GroupNorm(1, 2)), "act (GroupNorm)", id="GroupNorm"),

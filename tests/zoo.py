@@ -6,7 +6,7 @@ type the explicit Adjoint CNN has a rule for (paper Table 1 and the general-CNN 
 max pooling (overlapping windows, padding, ceil_mode, functional), transposed convolutions,
 Conv1d/2d/3d with padding/stride/dilation/groups, LeakyReLU, eval-mode batch norm, average
 pooling, nearest resampling (also to non-integer sizes), dropout/identity, reshapes, residual
-sums, concatenation skips, permutes and slicing.
+sums, concatenation skips, permutes, slicing and harmless in-place operations.
 
 Import it from other test modules (``from zoo import CASES``) to reuse the models::
 
@@ -248,9 +248,29 @@ class PlumbingNet(nn.Module):
         h = F.dropout(h, p=0.2, training=self.training)
         h = h.permute(0, 2, 3, 1)  # (5, 4, 3)
         h = h.transpose(1, 2).contiguous()  # (4, 5, 3)
-        h = h - 0.5 * h[:, :, :, 0:1]  # slicing, sub, scalar mul
+        h = h - 0.5 * h[..., 0:1]  # slicing after an ellipsis, sub, scalar mul
         h = torch.reshape(h, (h.shape[0], 5, 3, 4)) / 2.0
         return self.fc(self.flat(h))
+
+
+class InplaceResNet(nn.Module):
+    """A ResNet basic block's in-place habits: ``ReLU(inplace=True)``, ``out += identity``,
+    ``F.relu(..., inplace=True)``, none of which overwrites a tensor that is read later."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(2, 2, 3, padding=1, bias=False)
+        self.relu = nn.ReLU(inplace=True)
+        self.conv2 = nn.Conv2d(2, 2, 3, padding=1, bias=False)
+        self.pool = nn.MaxPool2d(2)
+
+    def forward(self, x: Tensor) -> Tensor:
+        identity = x
+        out = self.relu(self.conv1(x))
+        out = self.conv2(out)
+        out += identity
+        out = F.relu(out, inplace=True)
+        return self.pool(out)
 
 
 def _pocket_unet() -> nn.Module:
@@ -273,6 +293,7 @@ CASES: list[Case] = [
     Case("avgpool", AvgPoolNet, (1, 5, 5)),
     Case("upsample", UpsampleNet, (1, 3, 4)),
     Case("plumbing", PlumbingNet, (2, 5, 4)),
+    Case("inplace_resnet", InplaceResNet, (2, 4, 4)),
 ]
 CASE_IDS = [c.name for c in CASES]
 
