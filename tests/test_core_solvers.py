@@ -126,6 +126,18 @@ class SolverChecks:
         assert_close(rpr(res, o.x), projection_ratios(o.Vh, o.x), rtol=0, atol=1e-8, name="RPR")
         assert bool(res.converged.all())
 
+    def test_k_beyond_rank_flags_the_zero_singular_values(self) -> None:
+        """k above rank(A[x]): the nonzero triplets are exact, the rest are flagged, loudly."""
+        o = oracle_for("maxpool1d3d")  # 12 x 64 of rank 9
+        r, k = o.rank, o.rank + 2
+        assert k <= min(o.J.shape)
+        with pytest.warns(NotConvergedWarning, match="did not reach tol|miss the relative tol"):
+            res = self.solve(_op(o), k, tol=1e-8)
+        assert bool(res.converged[:r].all()) and not bool(res.converged[r:].any())
+        assert_close(res.S[:r], o.S[:r], rtol=1e-8, name="nonzero singular values")
+        assert bool((res.S[r:] <= 1e-8 * o.S[0]).all()), f"not ~0: {res.S[r:]}"
+        assert_close(rpr(res, o.x)[:r], projection_ratios(o.Vh[:r], o.x), rtol=0, atol=1e-8)
+
     def test_not_converged_is_flagged_and_warned(self) -> None:
         if not self.iterative:
             pytest.skip(f"{self.solver} is exact: it always converges")
