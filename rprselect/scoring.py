@@ -17,9 +17,9 @@ import math
 import os
 import time
 import warnings
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any, Literal, cast
 
 import numpy as np
 import torch
@@ -368,7 +368,11 @@ def _progress(total: int | None, enabled: bool) -> Any:
     return tqdm(total=total, unit="sample", desc="scoring", dynamic_ncols=True)
 
 
-def _validate(k: int, tol: float, batch_size: int | None, errors: str) -> None:
+def _validate(k: int, tol: float, solver: str, batch_size: int | None, errors: str) -> None:
+    if solver not in ("auto", "dense", "lanczos", "slepc"):
+        raise ValueError(
+            f"solver must be one of 'auto', 'dense', 'lanczos', 'slepc', got {solver!r}"
+        )
     if isinstance(k, bool) or not isinstance(k, int) or k < 1:
         raise ValueError(f"k must be a positive int, got {k!r}")
     if not tol > 0:
@@ -386,7 +390,7 @@ def score(
     pool: Any,
     k: int = 10,
     tol: float = 1e-4,
-    solver: Solver = "auto",
+    solver: str = "auto",
     device: str | torch.device | None = None,
     batch_size: int | None = None,
     cache: str | None = None,
@@ -399,6 +403,7 @@ def score(
     image_key: str = "image",
     errors: Errors = "auto",
     roi_size: Sequence[int] | None = None,
+    sliding: Mapping[str, Any] | None = None,
 ) -> ScoreTable:
     """RPR(x; r) for r = 1..k of every sample of a pool (paper Eq. 10), in one table.
 
@@ -431,6 +436,8 @@ def score(
             otherwise. A warning lists every recorded failure at the end.
         roi_size: score each volume through sliding windows of this size
             (:func:`rprselect.sliding.sliding_window_operator`, one sample at a time).
+        sliding: further keyword arguments of ``sliding_window_operator`` (``overlap``,
+            ``mode``, ``sw_batch_size``, ...); needs ``roi_size``.
 
     Returns:
         A :class:`ScoreTable`, one row per scored sample in pool order. Samples whose triplets
@@ -444,7 +451,10 @@ def score(
     """
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
-    _validate(k, tol, batch_size, errors)
+    _validate(k, tol, solver, batch_size, errors)
+    if sliding is not None and roi_size is None:
+        raise ValueError("sliding options need roi_size, got roi_size=None")
+    window = None if roi_size is None else {"roi_size": tuple(roi_size), **(sliding or {})}
     config = config or SolverConfig()
     n = pool_size(pool)
     if n == 0:
@@ -463,16 +473,16 @@ def score(
     store = None
     if cache is not None:
         store = ScoreCache(
-            cache, _fingerprint(model, k, tol, solver, method, config, lab, num_classes, roi_size)
+            cache, _fingerprint(model, k, tol, solver, method, config, lab, num_classes, window)
         )
-    solve = _make_solver(model, k, tol, solver, method, config, lab, num_classes, roi_size)
+    solve = _make_solver(model, k, tol, solver, method, config, lab, num_classes, window)
 
     rows: dict[int, dict[str, Any]] = {}
     failures: list[Failure] = []
     not_converged: list[str] = []
     pending: list[PoolItem] = []
     shape: tuple[int, ...] | None = None
-    size = 1 if roi_size is not None else batch_size
+    size = 1 if window is not None else batch_size
     bar = _progress(n, progress)
 
     def flush() -> None:
@@ -496,7 +506,7 @@ def score(
                     not_converged.append(item.id)
                 bar.update(1)
                 continue
-            err = item.error or check_item(item, shape if roi_size is None else None)
+            err = item.error or check_item(item, shape if window is None else None)
             if err is not None:
                 if not record:
                     raise err
@@ -547,20 +557,21 @@ def _make_solver(
     model: nn.Module,
     k: int,
     tol: float,
-    solver: Solver,
+    solver: str,
     method: Method,
     config: SolverConfig,
     lab: Tensor | None,
     num_classes: int | None,
-    roi_size: Sequence[int] | None,
+    window: dict[str, Any] | None,
 ) -> Solve:
     """The function that turns a batch ``X`` into table rows (without id and index)."""
+    name = cast(Solver, solver)  # validated by the solver itself, which names the choices
 
     def batched(X: Tensor) -> tuple[SVDResult, tuple[int, ...]]:
         with warnings.catch_warnings():  # summarised once per pool by score()
             warnings.simplefilter("ignore", NotConvergedWarning)
             op = linearize_batch(model, X, method)
-            return svd_batch(op, k=k, tol=tol, solver=solver, config=config), op.out_shape
+            return svd_batch(op, k=k, tol=tol, solver=name, config=config), op.out_shape
 
     def windowed(X: Tensor) -> tuple[SVDResult, tuple[int, ...]]:
         try:
@@ -572,17 +583,17 @@ def _make_solver(
         results: list[SVDResult] = []
         out_shape: tuple[int, ...] = ()
         for x in X:
-            op = sliding_window_operator(model, x, tuple(roi_size or ()), method=method)
+            op = sliding_window_operator(model, x, method=method, **(window or {}))
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", NotConvergedWarning)
-                res = svd(op, k=k, tol=tol, solver=solver, config=config)
+                res = svd(op, k=k, tol=tol, solver=name, config=config)
             results.append(res)
             out_shape = op.out_shape
         return _stack(results), out_shape
 
     def solve(X: Tensor, index: list[int]) -> list[dict[str, Any]]:
         t0 = time.perf_counter()
-        res, out_shape = (windowed if roi_size is not None else batched)(X)
+        res, out_shape = (windowed if window is not None else batched)(X)
         r = rpr(res, X).cpu()
         lcurve = None
         if lab is not None:
@@ -640,7 +651,7 @@ def _fingerprint(
     config: SolverConfig,
     lab: Tensor | None,
     num_classes: int | None,
-    roi_size: Sequence[int] | None,
+    window: dict[str, Any] | None,
 ) -> dict[str, Any]:
     labels = None
     if lab is not None:
@@ -654,5 +665,5 @@ def _fingerprint(
         "config": dataclasses.asdict(config),
         "labels": labels,
         "num_classes": num_classes,
-        "roi_size": list(roi_size) if roi_size is not None else None,
+        "window": window,
     }

@@ -14,12 +14,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from cli_models import tiny_cnn
+from cli_models import one_thread, tiny_cnn  # noqa: F401
 
 from rprselect.cache import ScoreCache, weights_hash
 from rprselect.scoring import ScoreTable, score
 
-torch.set_num_threads(1)
 REPO = Path(__file__).resolve().parents[1]
 TESTS = Path(__file__).resolve().parent
 N = 40

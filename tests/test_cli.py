@@ -11,14 +11,13 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 import torch
-from cli_models import tiny_cnn, tiny_cnn3d, tiny_cnn_rgb, tiny_seg3d
+from cli_models import one_thread, tiny_cnn, tiny_cnn3d, tiny_cnn_rgb, tiny_seg3d  # noqa: F401
 
 from rprselect import benchmarks
 from rprselect.cli import main
 from rprselect.pool import load_pool
 from rprselect.scoring import ScoreTable, score
 
-torch.set_num_threads(1)
 REPO = Path(__file__).resolve().parents[1]
 TESTS = Path(__file__).resolve().parent
 

@@ -7,12 +7,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
+from cli_models import one_thread  # noqa: F401
 
 from rprselect.cli import main
 
 pytest.importorskip("sklearn")
-torch.set_num_threads(1)
 
 
 def test_demo_prints_tables_and_writes_files(tmp_path: Path, capsys) -> None:

@@ -9,13 +9,11 @@ import warnings
 import numpy as np
 import pytest
 import torch
-from cli_models import tiny_cnn, tiny_seg3d
+from cli_models import one_thread, tiny_cnn, tiny_seg3d  # noqa: F401
 from torch.utils.data import DataLoader, Dataset
 
 import rprselect
 from rprselect.scoring import ScoreTable, default_batch_size, score
-
-torch.set_num_threads(1)
 
 
 class ListDataset(Dataset):
@@ -206,6 +204,8 @@ def test_bad_arguments(model, pool) -> None:
         score(model, pool, batch_size=0, progress=False)
     with pytest.raises(ValueError, match="tol"):
         score(model, pool, tol=0.0, progress=False)
+    with pytest.raises(ValueError, match="solver must be one of"):
+        score(model, pool, solver="svds", progress=False)
 
 
 def test_default_batch_size_follows_the_sample_size() -> None:
@@ -293,3 +293,41 @@ def test_to_pandas_names_the_extra(labelled, monkeypatch) -> None:
     monkeypatch.setitem(sys.modules, "pandas", None)
     with pytest.raises(ImportError, match=r"rprselect\[extras\]"):
         labelled.to_pandas()
+
+
+def test_sliding_windows_with_options(tmp_path) -> None:
+    sliding = pytest.importorskip("rprselect.sliding")
+    model = tiny_seg3d().double()
+    vols = [
+        torch.rand(1, 10, 12, 8, dtype=torch.float64, generator=torch.Generator().manual_seed(i))
+        for i in range(2)
+    ]
+    opts = {"overlap": 0.5, "mode": "gaussian"}
+    t = score(
+        model,
+        ListDataset(vols),
+        k=2,
+        solver="lanczos",
+        tol=1e-8,
+        roi_size=(8, 8, 8),
+        sliding=opts,
+        progress=False,
+        cache=str(tmp_path / "c.jsonl"),
+    )
+    for i, x in enumerate(vols):
+        op = sliding.sliding_window_operator(model, x, (8, 8, 8), **opts)
+        want = rprselect.rpr(rprselect.svd(op, k=2, tol=1e-8, solver="lanczos"), x).numpy()
+        np.testing.assert_allclose(t.rpr_curve[i], want, rtol=1e-6)
+    with pytest.raises(ValueError, match="another model or other settings \\(window: "):
+        score(
+            model,
+            ListDataset(vols),
+            k=2,
+            solver="lanczos",
+            tol=1e-8,
+            roi_size=(8, 8, 8),
+            progress=False,
+            cache=str(tmp_path / "c.jsonl"),
+        )
+    with pytest.raises(ValueError, match="sliding options need roi_size"):
+        score(model, ListDataset(vols), k=2, sliding=opts, progress=False)

@@ -5,12 +5,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from cli_models import tiny_cnn
+from cli_models import one_thread, tiny_cnn  # noqa: F401
 
 from rprselect.scoring import ScoreTable
 from rprselect.select import RPRSelector, Selection, select
-
-torch.set_num_threads(1)
 
 
 def _table(rpr: list[float], ids: list[str] | None = None, k: int = 2) -> ScoreTable:
