@@ -15,7 +15,10 @@ from .linearize import (
 )
 from .metrics import label_logits, lpr, rank_k_logits, rpr
 from .operator import LinearOperator, check_adjoint
+from .scoring import score
+from .select import RPRSelector, Selection, select
 from .solvers import NotConvergedWarning, SolverConfig, SVDResult, svd, svd_batch
+from .table import ScoreTable
 
 __version__ = "0.1.0"
 
@@ -38,6 +41,12 @@ __all__ = [
     "lpr",
     "label_logits",
     "rank_k_logits",
+    # scoring a pool and choosing what to label
+    "score",
+    "ScoreTable",
+    "select",
+    "Selection",
+    "RPRSelector",
     # errors and warnings
     "UnsupportedLayerError",
     "NotConvergedWarning",
