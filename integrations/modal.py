@@ -102,9 +102,21 @@ def pool_tensor(module: nn.Module, X: Any, input_shape: tuple[int, ...] | None =
     return X
 
 
-def _score(classifier: Any, pool: Tensor, k: int, kw: dict[str, Any]) -> ScoreTable:
+def _score(
+    classifier: Any, X: Any, n_instances: int, k: int, kw: dict[str, Any]
+) -> tuple[Tensor, ScoreTable]:
+    """The pool as a tensor and its scores, after checking ``n_instances`` against it."""
+    module = find_module(classifier)
+    pool = pool_tensor(module, X, kw.pop("input_shape", None))
+    if isinstance(n_instances, bool) or not isinstance(n_instances, int | np.integer):
+        raise TypeError(f"n_instances must be an int, got {type(n_instances).__name__}")
+    if not 1 <= n_instances <= len(pool):
+        raise ValueError(
+            f"n_instances must satisfy 1 <= n_instances <= {len(pool)} (the pool size), "
+            f"got {n_instances}"
+        )
     kw.setdefault("progress", False)
-    return score(find_module(classifier), pool, k=k, **kw)
+    return pool, score(module, pool, k=k, **kw)
 
 
 def rpr_sampling(
@@ -137,11 +149,11 @@ def rpr_sampling(
 
     Raises:
         ValueError: ``n_instances`` out of range, bad scoring settings or samples.
-        TypeError: a classifier without a torch module, or X of the wrong type.
+        TypeError: a classifier without a torch module, X of the wrong type, or a
+            non-integer ``n_instances``.
     """
     rng = kw.pop("rng", None)
-    pool = pool_tensor(find_module(classifier), X, kw.pop("input_shape", None))
-    table = _score(classifier, pool, k, kw)
+    _, table = _score(classifier, X, n_instances, k, kw)
     chosen = select(table, n_instances, "lowest", rng=rng)
     return chosen.indices, chosen.scores
 
@@ -203,13 +215,8 @@ def rpr_batch_sampling(
         raise ImportError(f"rpr_batch_sampling needs scikit-learn: {_EXTRA}") from err
     if alpha is not None and not 0.0 <= alpha <= 1.0:
         raise ValueError(f"alpha must be in [0, 1] or None, got {alpha}")
-    pool = pool_tensor(find_module(classifier), X, kw.pop("input_shape", None))
-    table = _score(classifier, pool, k, kw)
+    pool, table = _score(classifier, X, n_instances, k, kw)
     N = len(table)
-    if isinstance(n_instances, bool) or not isinstance(n_instances, int | np.integer):
-        raise TypeError(f"n_instances must be an int, got {type(n_instances).__name__}")
-    if not 1 <= n_instances <= N:
-        raise ValueError(f"n_instances must satisfy 1 <= n_instances <= {N}, got {n_instances}")
     rpr = np.empty(N)
     rpr[table.index] = table.rpr
     feats = pool.detach().cpu().double().numpy().reshape(N, -1)

@@ -174,6 +174,10 @@ def test_find_module_and_errors(module):
         pool_tensor(module, np.ones((3, 64), np.float32), input_shape=(1, 7, 7))
     with pytest.raises(ValueError, match="n_instances"):
         rpr_batch_sampling(module, np.ones((3, 1, 8, 8), np.float32), n_instances=4)
+    with pytest.raises(ValueError, match="n_instances"):
+        rpr_sampling(module, np.ones((3, 1, 8, 8), np.float32), n_instances=0)
+    with pytest.raises(TypeError, match="n_instances"):
+        rpr_sampling(module, np.ones((3, 1, 8, 8), np.float32), n_instances=1.5)
     with pytest.raises(ValueError, match="alpha"):
         rpr_batch_sampling(module, np.ones((3, 1, 8, 8), np.float32), alpha=2.0)
 
