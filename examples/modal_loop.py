@@ -16,11 +16,11 @@ import argparse
 import numpy as np
 import torch
 from modAL.models import ActiveLearner
-from rprselect.integrations import rpr_sampling
 from skorch import NeuralNetClassifier
 from torch import nn
 
 from rprselect.data.mnist import load_digits_tensors
+from rprselect.integrations import rpr_sampling
 from rprselect.models import MNISTNet
 
 

@@ -20,9 +20,9 @@ import torch
 from monai.data import Dataset
 from monai.engines import SupervisedTrainer
 from monai.losses import DiceCELoss
-from rprselect.integrations import RPRHandler
 from torch.utils.data import DataLoader
 
+from rprselect.integrations import RPRHandler
 from rprselect.models import PocketUNet
 
 

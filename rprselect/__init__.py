@@ -17,6 +17,7 @@ from .metrics import label_logits, lpr, rank_k_logits, rpr
 from .operator import LinearOperator, check_adjoint
 from .scoring import score
 from .select import RPRSelector, Selection, select
+from .sliding import sliding_window_operator
 from .solvers import NotConvergedWarning, SolverConfig, SVDResult, svd, svd_batch
 from .table import ScoreTable
 
@@ -28,6 +29,7 @@ __all__ = [
     "linearize_batch",
     "adjoint_cnn",
     "check_adjoint",
+    "sliding_window_operator",
     "homogeneity_error",
     "LinearOperator",
     "AdjointCNN",

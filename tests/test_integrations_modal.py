@@ -7,16 +7,16 @@ import sys
 import numpy as np
 import pytest
 import torch
+from torch import nn
+
+import rprselect
+from rprselect.data.mnist import load_digits_tensors
 from rprselect.integrations.modal import (
     find_module,
     pool_tensor,
     rpr_batch_sampling,
     rpr_sampling,
 )
-from torch import nn
-
-import rprselect
-from rprselect.data.mnist import load_digits_tensors
 from rprselect.models import MNISTNet
 
 

@@ -8,10 +8,10 @@ import sys
 import numpy as np
 import pytest
 import torch
-from rprselect.integrations import RPRHandler
 from torch import nn
 
 import rprselect
+from rprselect.integrations import RPRHandler
 from rprselect.models import PocketUNet
 from rprselect.scoring import score
 from rprselect.sliding import sliding_window_operator
