@@ -81,6 +81,12 @@ class TestStrategies:
         np.testing.assert_allclose(got, want[:, -1].numpy(), rtol=1e-5, atol=1e-7)
         assert np.all((got >= 0) & (got <= 1 + 1e-9))
 
+    def test_adapter_agrees_with_direct_path(self, net: MNISTNet, digits: Any) -> None:
+        pytest.importorskip("rprselect.integrations.modal", reason="modAL adapter not installed")
+        x = digits[0][:20]
+        assert st.rpr_source().startswith("rprselect.integrations.modal")
+        np.testing.assert_allclose(st.rpr_scores(net, x, k=3), st._direct_rpr(net, x, 3), rtol=1e-6)
+
     def test_rpr_lowest_picks_lowest(self, net: MNISTNet, digits: Any) -> None:
         x = digits[0][:30]
         scores = st.rpr_scores(net, x, k=4)
