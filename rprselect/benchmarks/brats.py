@@ -48,15 +48,18 @@ __all__ = ["add_arguments", "run", "main", "PRESETS"]
 PRESETS: dict[str, dict[str, Any]] = {
     "paper": dict(
         spacing=None, patch=128, depth=5, filters=32, epochs=1000, val_every=1, patch2d=128,
+        patches2d=2,
         folds=5, k=10, tol=1e-4,
     ),
     "cpu": dict(
-        spacing=6.0, patch=16, depth=3, filters=8, epochs=30, val_every=3, patch2d=16,
+        spacing=6.0, patch=16, depth=3, filters=8, epochs=30, val_every=3, patch2d=24,
+        patches2d=8,
         folds=5, k=10, tol=1e-4,
     ),
     # integrity only: rank 3 at a loose tolerance keeps the SVDs to a few dozen products
     "quick": dict(
         spacing=None, patch=8, depth=2, filters=4, epochs=2, val_every=1, patch2d=8,
+        patches2d=2,
         folds=2, k=3, tol=1e-2,
     ),
 }  # fmt: skip
@@ -74,6 +77,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     a("--epochs", type=int, default=None, help="training epochs (one step per case)")
     a("--patch", type=int, default=None, help="3-D patch edge, divisible by 2**(depth-1)")
     a("--patch2d", type=int, default=None, help="2-D patch edge of the slice model")
+    a("--patches2d", type=int, default=None, help="2-D patches per case and epoch")
     a("--depth", type=int, default=None, help="PocketUNet depth (paper: 5)")
     a("--filters", type=int, default=None, help="PocketUNet filters (paper: 32)")
     a("--spacing", type=float, default=None, help="resample to this isotropic mm")
@@ -93,8 +97,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def _settings(args: argparse.Namespace) -> dict[str, Any]:
     preset = "quick" if args.quick else "cpu" if args.cpu else "paper"
     s = dict(PRESETS[preset], preset=preset)
-    keys = ("spacing", "patch", "patch2d", "depth", "filters", "epochs", "val_every", "folds")
-    for key in (*keys, "k", "tol"):
+    keys = ("spacing", "patch", "patch2d", "patches2d", "depth", "filters", "epochs", "val_every")
+    for key in (*keys, "folds", "k", "tol"):
         if getattr(args, key) is not None:
             s[key] = getattr(args, key)
     m = 2 ** (s["depth"] - 1)
@@ -158,6 +162,7 @@ def _train_or_load(
         patch=s["patch"] if dims == 3 else s["patch2d"],
         epochs=s["epochs"],
         val_every=s["val_every"],
+        patches_per_case=2 if dims == 3 else s["patches2d"],
         seed=args.seed + fold.fold,
     )
     pick = lambda ids, key: [getattr(data, key)[idx[c]] for c in ids]  # noqa: E731

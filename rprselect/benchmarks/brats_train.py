@@ -76,6 +76,7 @@ class TrainConfig:
     epochs: int = 1000
     lr: float = 3e-4
     batch_size: int = 2
+    patches_per_case: int = 2
     val_every: int = 1
     overlap: float = 0.25
     seed: int = 0
@@ -167,7 +168,7 @@ def train_model(
 ) -> TrainResult:
     """Train ``model`` on random patches and keep the weights of the best validation Dice.
 
-    One epoch draws ``batch_size`` patches (one tumour-centred, one random) from every training
+    One epoch draws ``patches_per_case`` patches (half tumour-centred, half random) from every
     case and takes one Adam step per case.
 
     Args:
@@ -197,7 +198,7 @@ def train_model(
             train_images,
             train_labels,
             cfg.patch,
-            cfg.batch_size,
+            cfg.patches_per_case,
             cfg.seed * 100003 + epoch,
             cfg.dims,
         )
