@@ -187,9 +187,10 @@ class TestQuickRun:
         assert res["complete"] and res["seeds_done"] == s["seeds"] == 3
         assert set(res["strategies"]) == set(st.STRATEGIES)
         for name, r in res["strategies"].items():
-            n = r["n_labeled"]
-            assert len(n) == s["rounds"] + 1, name
-            assert np.all(np.diff(n) == s["query_size"]), f"{name}: sizes {n}"
+            n = np.asarray(r["n_labeled"])
+            assert n.shape == (3, s["rounds"] + 1), f"{name}: sizes {n}"
+            assert np.all(np.diff(n, axis=1) == s["query_size"]), f"{name}: sizes {n}"
+            assert n[:, 0].tolist() == res["start_sizes"], name
             for key in ("accuracy", "rare_accuracy"):
                 a = np.asarray(r[key])
                 assert a.shape == (3, s["rounds"] + 1), f"{name} {key} shape {a.shape}"

@@ -128,7 +128,7 @@ class StrategyRun:
     """One strategy's curves: lists over seeds, inner lists over rounds ``0..R``."""
 
     name: str
-    n_labeled: list[int] = field(default_factory=list)
+    n_labeled: list[list[int]] = field(default_factory=list)
     accuracy: list[list[float]] = field(default_factory=list)
     rare_accuracy: list[list[float]] = field(default_factory=list)
     rare_share: list[float] = field(default_factory=list)
@@ -245,7 +245,7 @@ def _run_strategy(run_: StrategyRun, start: Any, split: _Split, cfg: ALSettings,
         sizes.append(int(labeled.sum()))
         accs.append(acc)
         rares.append(rare_acc)
-    run_.n_labeled = sizes
+    run_.n_labeled.append(sizes)
     run_.accuracy.append(accs)
     run_.rare_accuracy.append(rares)
     run_.rare_share.append(n_rare / (cfg.rounds * cfg.query_size))
@@ -332,13 +332,13 @@ def summarise(runs: dict[str, StrategyRun]) -> dict[str, dict[str, Any]]:
     for name, r in runs.items():
         acc, rare = np.asarray(r.accuracy), np.asarray(r.rare_accuracy)
         out[name] = {
-            "n_labeled": r.n_labeled,
+            "n_labeled": np.asarray(r.n_labeled, dtype=np.float64).mean(0).tolist(),
             "accuracy_mean": acc.mean(0).tolist(),
             "accuracy_std": acc.std(0).tolist(),
             "rare_accuracy_mean": np.nanmean(rare, 0).tolist(),
             "rare_accuracy_std": np.nanstd(rare, 0).tolist(),
-            "auc": _mean_std([_auc(r.n_labeled, a) for a in acc]),
-            "rare_auc": _mean_std([_auc(r.n_labeled, a) for a in rare]),
+            "auc": _mean_std([_auc(n, a) for n, a in zip(r.n_labeled, acc, strict=True)]),
+            "rare_auc": _mean_std([_auc(n, a) for n, a in zip(r.n_labeled, rare, strict=True)]),
             "final_accuracy": _mean_std(acc[:, -1]),
             "final_rare_accuracy": _mean_std(rare[:, -1]),
             "rare_share": _mean_std(r.rare_share),
@@ -416,7 +416,7 @@ def write_outputs(results: dict[str, Any], out: str | Path) -> str:
         "",
         f"{results['seeds_done']} seed(s); pool {results['pool_size']}, test "
         f"{results['test_size']}; {s['rounds']} rounds of {s['query_size']} queries from a start "
-        f"of {summary[next(iter(summary))]['n_labeled'][0]} labels; {s['epochs']} epochs "
+        f"of {results['start_sizes']} labels (per seed); {s['epochs']} epochs "
         f"(Adam, lr {s['lr']}, batch {s['batch_size']}) from scratch per round; candidates per "
         f"round {s['candidates'] or 'all'}; RPR rank k={s['rpr_k']} via {results['rpr_source']}.",
         f"Machine: {results['machine']}; wall time {results['wall_seconds']:.0f} s.",
