@@ -136,7 +136,7 @@ def rank_cache_path(cache: str | os.PathLike[str], rank: int) -> Path:
 def _cache_files(cache: str | os.PathLike[str]) -> dict[int, Path]:
     """Every existing rank cache of ``cache``, by rank."""
     p = Path(cache)
-    head, tail = rank_cache_path(p, 0).name.split(".rank0")
+    head, _, tail = rank_cache_path(p, 0).name.rpartition(".rank0")
     found: dict[int, Path] = {}
     for f in p.parent.glob(f"{head}.rank*{tail}"):
         r = f.name[len(head) + 5 : len(f.name) - len(tail)]

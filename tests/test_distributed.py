@@ -154,6 +154,17 @@ def test_two_gloo_ranks_equal_one_process(pool_dir: Path, reference: Any, tmp_pa
     ids = _cached_ids(cache)
     assert sorted(ids) == sorted(reference.ids), "each scored sample cached exactly once"
 
+    # a rerun on one process finds everything in the two ranks' caches (rank 1's is an orphan)
+    from rprselect.distributed import score_distributed
+    from rprselect.pool import load_pool
+
+    with pytest.warns(UserWarning, match="vol99_blank"):  # failures are retried, not cached
+        again = score_distributed(
+            _model(), load_pool(pool_dir), cache=str(cache), progress=False, **SETTINGS
+        )
+    assert (again.ranks[0].scored, again.ranks[0].cached) == (0, N_GOOD)
+    _assert_same(list(again.rows()), reference)
+
 
 def test_killed_rank_resumes_without_loss_or_repeats(
     pool_dir: Path, reference: Any, tmp_path: Path
