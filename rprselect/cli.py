@@ -166,6 +166,7 @@ def _roi(text: str | None) -> tuple[int, ...] | None:
 
 
 def _cmd_score(args: argparse.Namespace) -> int:
+    from .distributed import is_distributed_launch, is_main_rank
     from .pool import load_pool
     from .scoring import score
 
@@ -185,7 +186,10 @@ def _cmd_score(args: argparse.Namespace) -> int:
             progress=args.progress,
             method=args.method,
             roi_size=_roi(args.roi_size),
+            distributed=is_distributed_launch(),
         )
+    if not is_main_rank():  # under torchrun, rank 0 reports and writes the table
+        return 0
     for w in caught:
         print(f"rprselect: warning: {_one_line(w.message)}", file=sys.stderr)
     if len(table) == 0:

@@ -112,6 +112,7 @@ def score(
     errors: Errors = "auto",
     roi_size: Sequence[int] | None = None,
     sliding: Mapping[str, Any] | None = None,
+    distributed: bool = False,
 ) -> ScoreTable:
     """RPR(x; r) for r = 1..k of every sample of a pool (paper Eq. 10), in one table.
 
@@ -146,6 +147,8 @@ def score(
             (:func:`rprselect.sliding.sliding_window_operator`, one sample at a time).
         sliding: further keyword arguments of ``sliding_window_operator`` (``overlap``,
             ``mode``, ``sw_batch_size``, ...); needs ``roi_size``.
+        distributed: share the pool among the ranks of a torchrun launch
+            (:func:`rprselect.distributed.score_distributed`); every rank gets the merged table.
 
     Returns:
         A :class:`ScoreTable`, one row per scored sample in pool order. Samples whose triplets
@@ -157,6 +160,29 @@ def score(
             unusable sample with ``errors="raise"``.
         TypeError: a model or pool of the wrong type.
     """
+    if distributed:
+        from .distributed import score_distributed
+
+        return score_distributed(
+            model,
+            pool,
+            k=k,
+            tol=tol,
+            solver=solver,
+            device=device,
+            batch_size=batch_size,
+            cache=cache,
+            progress=progress,
+            labels=labels,
+            num_classes=num_classes,
+            config=config,
+            method=method,
+            ids=ids,
+            image_key=image_key,
+            errors=errors,
+            roi_size=roi_size,
+            sliding=sliding,
+        )
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
     _validate(k, tol, solver, batch_size, errors)

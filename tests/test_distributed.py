@@ -268,3 +268,64 @@ def test_bench_scaling_quick(tmp_path: Path, capsys: pytest.CaptureFixture[str])
 
 if __name__ == "__main__":
     sys.exit(_worker(sys.argv[1:]))
+
+
+def test_torchrun_cli_equals_single_process_cli(pool_dir: Path, tmp_path: Path) -> None:
+    """``torchrun -m rprselect score`` writes the same ranked CSV as a plain ``rprselect score``."""
+    import csv
+
+    torch.save(_model().float().state_dict(), tmp_path / "w.pt")
+    common = [
+        "score",
+        "--model",
+        "cli_models:tiny_seg3d",
+        "--weights",
+        str(tmp_path / "w.pt"),
+        "--pool",
+        str(pool_dir),
+        "--k",
+        "3",
+        "--solver",
+        "lanczos",
+        "--batch-size",
+        "2",
+    ]
+    env = dict(
+        os.environ,
+        PYTHONPATH=os.pathsep.join([str(REPO), str(TESTS), os.environ.get("PYTHONPATH", "")]),
+        OMP_NUM_THREADS="1",
+        GLOO_SOCKET_IFNAME="lo",
+    )
+    single = subprocess.run(
+        [sys.executable, "-m", "rprselect", *common, "--out", str(tmp_path / "one.csv")],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=180,
+    )
+    assert single.returncode == 0, single.stderr
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--local-addr=127.0.0.1",
+        "--nproc-per-node=2",
+        "--monitor-interval=0.1",
+        "-m",
+        "rprselect",
+        *common,
+        "--out",
+        str(tmp_path / "two.csv"),
+        "--cache",
+        str(tmp_path / "c.jsonl"),
+    ]
+    multi = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=180)
+    assert multi.returncode == 0, multi.stderr
+
+    def rows(path: Path) -> list[dict[str, str]]:
+        with open(path) as fh:
+            return [{k: v for k, v in r.items() if k != "seconds"} for r in csv.DictReader(fh)]
+
+    assert rows(tmp_path / "two.csv") == rows(tmp_path / "one.csv")
+    assert sorted(tmp_path.glob("c.rank*.jsonl")), "each rank keeps its own cache"
