@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import argparse
 import copy
-import functools
 import json
 import sys
 import time
@@ -43,6 +42,7 @@ from rprselect.benchmarks.mnist_plots import (
     comparison_rows,
     plot_figures,
     print_and_write_report,
+    summarise,
 )
 from rprselect.data import ImageLabels, imbalance_indices, load_mnist
 from rprselect.data.mnist import default_mnist_dir
@@ -112,7 +112,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--data-dir", type=Path, default=None, help="MNIST idx folder (default: shared data)"
     )
-    parser.add_argument("--out", type=Path, default=Path("out/mnist_imbalance"))
+    parser.add_argument(
+        "--out", type=Path, default=Path("out/mnist_imbalance"), help="output folder"
+    )
     parser.add_argument("--epochs", type=int, default=None, help="default 50 (1 with --quick)")
     parser.add_argument(
         "--quick",
@@ -121,11 +123,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--train-subset", type=int, default=None, help="random training subset")
     parser.add_argument("--test-subset", type=int, default=None, help="random test subset")
-    parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu", help="default cpu")
+    parser.add_argument(
+        "--seed", type=int, default=0, help="weights, shuffles, the imbalanced draw, subsets"
+    )
     parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads")
-    parser.add_argument("--lr", type=float, default=3e-3)
-    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--lr", type=float, default=3e-3, help="SGD learning rate (paper: 3e-3)")
+    parser.add_argument("--batch-size", type=int, default=32, help="paper: 32")
     parser.add_argument("--chunk", type=int, default=100, help="test images per SVD batch")
     parser.add_argument(
         "--analysis-dtype",
@@ -299,59 +303,6 @@ def analyse(
     return Analysis(labels=data.labels.numpy(), max_residual=max_residual, max_gap=max_gap, **cat)
 
 
-def _per_digit(values: np.ndarray, labels: np.ndarray, stat: Any = np.mean) -> list[Any]:
-    """``stat(values, axis=0)`` over the images of each digit; NaN for a digit with none."""
-    nan = np.full(values.shape[1:], np.nan)
-    return [
-        (stat(values[labels == d], axis=0) if (labels == d).any() else nan).tolist()
-        for d in range(NUM_CLASSES)
-    ]
-
-
-def summarise(a: Analysis) -> dict[str, Any]:
-    """Accuracies, ratio curves and the rank-10 identity check of one model, JSON-ready.
-
-    Per-digit arrays are indexed by digit (length 10); curves are indexed by rank-1 (length K).
-    ``lowest_rpr_digits`` / ``lowest_lpr_digits`` sort the digits by the mean over ranks 2..6 of
-    their median ratio, ascending.
-    """
-    correct = a.pred_tensor == a.labels
-    correct_rank = a.pred_rank == a.labels[:, None]
-    fail_t = set(np.flatnonzero(~correct).tolist())
-    fail_r = set(np.flatnonzero(~correct_rank[:, K - 1]).tolist())
-    out: dict[str, Any] = {
-        "n_test": len(a.labels),
-        "test_counts": _counts(a.labels),
-        "tensor_accuracy": float(correct.mean()),
-        "tensor_accuracy_per_digit": _per_digit(correct.astype(float), a.labels),
-        "rank_k_accuracy": correct_rank.mean(0).tolist(),
-        "rank_k_accuracy_per_digit": _per_digit(correct_rank.astype(float), a.labels),
-        "rank10_identity": {
-            "tensor_failures": len(fail_t),
-            "rank10_failures": len(fail_r),
-            "common_failures": len(fail_t & fail_r),
-            "identical": fail_t == fail_r,
-            "prediction_disagreements": int((a.pred_rank[:, K - 1] != a.pred_tensor).sum()),
-            "max_relative_gap": a.max_gap,
-        },
-        "max_svd_residual": a.max_residual,
-        "lpr_full_rank_max_deviation": float(np.abs(a.lpr[:, K - 1] - 1.0).max()),
-        "float32_prediction_disagreements": int((a.pred_float32 != a.pred_tensor).sum()),
-    }
-    for metric, values in (("rpr", a.rpr), ("lpr", a.lpr)):
-        stats = {
-            name: _per_digit(values, a.labels, functools.partial(np.quantile, q=q))
-            for name, q in (("q25", 0.25), ("median", 0.5), ("q75", 0.75))
-        }
-        for name, fn in (("mean", np.mean), ("min", np.min), ("max", np.max)):
-            stats[name] = _per_digit(values, a.labels, fn)
-        out[metric] = stats
-        score = np.asarray(stats["median"])[:, 1:6].mean(1)  # ranks 2..6; NaN (absent) last
-        out[f"lowest_{metric}_digits"] = np.argsort(score, kind="stable").tolist()
-        out[f"{metric}_monotone"] = bool((np.diff(values, axis=1) >= -1e-12).all())
-    return out
-
-
 def _save_models(folder: Path, models: dict[str, nn.Module], logs: dict[str, TrainLog]) -> None:
     for name, model in models.items():
         torch.save(model.state_dict(), folder / f"model_{name}.pt")
@@ -391,6 +342,8 @@ def _experiment(args: argparse.Namespace, settings: dict[str, Any], folder: Path
             }
     if args.reuse:
         models, logs = _load_models(folder, args.device)
+        if logs:  # report the epochs the saved models were trained for
+            settings["epochs"] = logs[MODELS[0]].epochs
     else:
         models, logs = {}, {}
         for name in MODELS:

@@ -1,11 +1,12 @@
-"""Figures 1-3 and the Markdown report of the MNIST class-imbalance benchmark.
+"""Summaries, Figures 1-3 and the Markdown report of the MNIST class-imbalance benchmark.
 
 Split from :mod:`rprselect.benchmarks.mnist_imbalance` so that each module stays small: this one
-only reads the per-image arrays and the JSON-ready summaries that module produces.
+only reads the per-image arrays of an ``Analysis`` and the JSON-ready summaries made from them.
 """
 
 from __future__ import annotations
 
+import functools
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -16,7 +17,14 @@ from rprselect.benchmarks.common import markdown_table
 if TYPE_CHECKING:
     from rprselect.benchmarks.mnist_imbalance import Analysis
 
-__all__ = ["PAPER", "BOX_RANKS", "comparison_rows", "plot_figures", "print_and_write_report"]
+__all__ = [
+    "PAPER",
+    "BOX_RANKS",
+    "comparison_rows",
+    "plot_figures",
+    "print_and_write_report",
+    "summarise",
+]
 
 #: the numbers the paper reports (Section 2.1, Figures 2 and 3)
 PAPER: dict[str, Any] = {
@@ -29,7 +37,62 @@ PAPER: dict[str, Any] = {
 #: ranks of the box plots (paper Figures 2 and 3)
 BOX_RANKS: tuple[int, ...] = (2, 3, 4, 5, 6)
 _MODELS = ("balanced", "unbalanced")
+NUM_CLASSES = 10
 _HEADER = ["quantity", "paper balanced", "ours balanced", "paper unbalanced", "ours unbalanced"]
+
+
+def _per_digit(values: np.ndarray, labels: np.ndarray, stat: Any = np.mean) -> list[Any]:
+    """``stat(values, axis=0)`` over the images of each digit; NaN for a digit with none."""
+    nan = np.full(values.shape[1:], np.nan)
+    return [
+        (stat(values[labels == d], axis=0) if (labels == d).any() else nan).tolist()
+        for d in range(NUM_CLASSES)
+    ]
+
+
+def summarise(a: Analysis) -> dict[str, Any]:
+    """Accuracies, ratio curves and the rank-10 identity check of one model, JSON-ready.
+
+    Per-digit arrays are indexed by digit (length 10); curves are indexed by rank-1 (length k).
+    ``lowest_rpr_digits`` / ``lowest_lpr_digits`` sort the digits by the mean over ranks 2..6 of
+    their median ratio, ascending.
+    """
+    k = a.pred_rank.shape[1]
+    correct = a.pred_tensor == a.labels
+    correct_rank = a.pred_rank == a.labels[:, None]
+    fail_t = set(np.flatnonzero(~correct).tolist())
+    fail_r = set(np.flatnonzero(~correct_rank[:, k - 1]).tolist())
+    out: dict[str, Any] = {
+        "n_test": len(a.labels),
+        "test_counts": np.bincount(a.labels, minlength=NUM_CLASSES).tolist(),
+        "tensor_accuracy": float(correct.mean()),
+        "tensor_accuracy_per_digit": _per_digit(correct.astype(float), a.labels),
+        "rank_k_accuracy": correct_rank.mean(0).tolist(),
+        "rank_k_accuracy_per_digit": _per_digit(correct_rank.astype(float), a.labels),
+        "rank10_identity": {
+            "tensor_failures": len(fail_t),
+            "rank10_failures": len(fail_r),
+            "common_failures": len(fail_t & fail_r),
+            "identical": fail_t == fail_r,
+            "prediction_disagreements": int((a.pred_rank[:, k - 1] != a.pred_tensor).sum()),
+            "max_relative_gap": a.max_gap,
+        },
+        "max_svd_residual": a.max_residual,
+        "lpr_full_rank_max_deviation": float(np.abs(a.lpr[:, k - 1] - 1.0).max()),
+        "float32_prediction_disagreements": int((a.pred_float32 != a.pred_tensor).sum()),
+    }
+    for metric, values in (("rpr", a.rpr), ("lpr", a.lpr)):
+        stats = {
+            name: _per_digit(values, a.labels, functools.partial(np.quantile, q=q))
+            for name, q in (("q25", 0.25), ("median", 0.5), ("q75", 0.75))
+        }
+        for name, fn in (("mean", np.mean), ("min", np.min), ("max", np.max)):
+            stats[name] = _per_digit(values, a.labels, fn)
+        out[metric] = stats
+        score = np.asarray(stats["median"])[:, 1:6].mean(1)  # ranks 2..6; NaN (absent) last
+        out[f"lowest_{metric}_digits"] = np.argsort(score, kind="stable").tolist()
+        out[f"{metric}_monotone"] = bool((np.diff(values, axis=1) >= -1e-12).all())
+    return out
 
 
 def _pyplot() -> Any:
@@ -242,7 +305,7 @@ def print_and_write_report(
         epoch_line,
         "",
         f"Settings: SGD lr {s['lr']}, batch {s['batch_size']}, cross-entropy, seed {s['seed']}, "
-        f"device {s['device']}, {s['threads']} torch threads, quick={s['quick']}, "
+        f"device {s['device']}, torch threads {s['threads']}, quick={s['quick']}, "
         f"reuse={s['reuse']}; unbalanced set keeps {s['imbalance']['keep_fraction']:.0%} of "
         f"digits {s['imbalance']['rare']}; analysis: exact dense SVD of the 10x784 A[x] in "
         f"{s['analysis_dtype']}, k = 10. Machine: {results['machine']}.",
