@@ -2,8 +2,8 @@
 
 One batched pass of ``min(m, n)`` vectors per sample builds the matrix; ``torch.linalg.svd``
 in float64 does the rest, and the vectors stay in float64 (orthonormal to ~1e-15 even for a
-float32 network, so LPR at full rank is 1 to rounding). For MNIST (m = 10) this is ten products per image, and a whole
-batch of images shares each pass.
+float32 network, so LPR at full rank is 1 to rounding). For MNIST (m = 10) this is ten
+products per image, and a whole batch of images shares each pass.
 """
 
 from __future__ import annotations
