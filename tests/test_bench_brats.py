@@ -94,6 +94,11 @@ def test_quick_report_and_figures(quick: Path) -> None:
     results = json.loads((quick / "results.json").read_text())
     assert len(results["volume"]["table"]) == len(QUANTILE_BINS)
     assert -1.0 <= results["volume"]["spearman"] <= 1.0
+    folds = json.loads((quick / "splits.json").read_text())["folds"]
+    per_fold = results["slice"]["per_fold"]
+    assert [r["fold"] for r in per_fold] == [f["fold"] for f in folds]
+    assert sum(r["n"] for r in per_fold) == results["slice"]["n"]
+    assert "Within each fold" in report
 
 
 def test_reuse_reproduces_the_analysis(quick: Path, tmp_path: Path) -> None:

@@ -17,6 +17,8 @@ volume that contains brain is a sample: its RPR is that of the slice's own :math
 2-D model (zero-padded to a multiple of :math:`2^{depth-1}`), its Dice that of the 2-D model's
 prediction on the whole slice. The slice table and correlation use only slices whose ground truth
 has tumour (Dice of two empty masks is 0/0); slices without tumour stay in ``slices.csv``.
+Both levels also get a per-fold table: each fold has its own model, and RPR values of different
+models are not on one scale, so the pooled correlation mixes models and samples.
 
 Modes: the defaults are the paper's (128³ patches, depth 5, 32 filters, 1000 epochs: a GPU job);
 ``--cpu`` is a preset sized for a few volumes on 2 CPU cores; ``--quick`` runs on synthetic
@@ -318,6 +320,9 @@ def _report(
         an.quantile_markdown(vol_table),
         f"Spearman(RPR, Dice) = {rho:.4f} (p = {p:.3g}, n = {len(v_rpr)}).",
     ]
+    fold_table, results["volume"]["per_fold"] = an.per_fold_markdown(vol_rows)
+    if len({r["fold"] for r in vol_rows}) < len(vol_rows):
+        sections += ["Within each fold's model:", fold_table]
     if tum:
         s_rpr, s_dice = [r["rpr"] for r in tum], [r["dice"] for r in tum]
         sl_table = an.quantile_table(s_rpr, s_dice)
@@ -334,6 +339,8 @@ def _report(
             f"Spearman(RPR, Dice) = {srho:.4f} (p = {sp:.3g}, n = {len(tum)} slices with "
             f"tumour of {len(slice_rows)} with brain).",
         ]
+        fold_table, results["slice"]["per_fold"] = an.per_fold_markdown(tum)
+        sections += ["Within each fold's model (RPR scales differ between models):", fold_table]
     timing = markdown_table(["stage", "seconds"], [[k, round(v, 1)] for k, v in sw.seconds.items()])
     sections += ["## Time", timing]
     write_json(out / "results.json", results)

@@ -28,6 +28,7 @@ __all__ = [
     "QUANTILE_BINS",
     "QuantileRow",
     "binary_dice",
+    "per_fold_markdown",
     "quantile_table",
     "scatter_plot",
     "spearman",
@@ -223,3 +224,30 @@ def scatter_plot(
     fig.savefig(path)
     plt.close(fig)
     return path
+
+
+def per_fold_markdown(rows: Sequence[dict[str, Any]]) -> tuple[str, list[dict[str, float]]]:
+    """Mean RPR, mean Dice and Spearman's ρ within each fold's model.
+
+    RPR values of different models are on different scales, so a correlation pooled over folds
+    (as in Table 2) mixes "this model is worse" with "this sample is harder"; this table
+    separates the two.
+
+    Args:
+        rows: samples with ``fold``, ``rpr`` and ``dice`` keys.
+
+    Returns:
+        ``(markdown, records)`` with one record per fold.
+    """
+    records = []
+    for fold in sorted({int(r["fold"]) for r in rows}):
+        sub = [r for r in rows if int(r["fold"]) == fold]
+        rr, dd = [r["rpr"] for r in sub], [r["dice"] for r in sub]
+        rho, p = spearman(rr, dd)
+        records.append(
+            dict(fold=fold, n=len(sub), mean_rpr=float(np.mean(rr)),
+                 mean_dice=float(np.mean(dd)), spearman=rho, p_value=p)
+        )  # fmt: skip
+    header = ["fold", "n", "mean RPR", "mean Dice", "Spearman", "p"]
+    table = markdown_table(header, [list(r.values()) for r in records])
+    return table, records
