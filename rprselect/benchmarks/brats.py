@@ -76,7 +76,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     a("--modalities", default=None, help="comma-separated, e.g. flair,t1,t1ce,t2")
     a("--layout", default="auto", help="auto, shared, brats2020, brats2021, brats2023, msd")
     a("--folds", type=int, default=None, help="k of the k-fold cross-validation (paper: 5)")
-    a("--epochs", type=int, default=None, help="training epochs (one step per case)")
+    a("--epochs", type=int, default=None, help="epochs, each drawing patches from every case")
     a("--patch", type=int, default=None, help="3-D patch edge, divisible by 2**(depth-1)")
     a("--patch2d", type=int, default=None, help="2-D patch edge of the slice model")
     a("--patches2d", type=int, default=None, help="2-D patches per case and epoch")
@@ -91,7 +91,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     a("--cpu", action="store_true", help="preset for a few volumes on 2 CPU cores")
     a("--quick", action="store_true", help="synthetic volumes, a couple of epochs")
     a("--reuse", action="store_true", help="load saved models and splits, only analyse")
-    a("--device", default="cpu", help="torch device for training, e.g. cuda")
+    a("--device", default="cpu", help="torch device for training and the SVDs, e.g. cuda")
     a("--threads", type=int, default=None, help="torch.set_num_threads")
     a("--seed", type=int, default=0)
 
@@ -154,8 +154,8 @@ def _train_or_load(
 
     model = _model(s, data.images[0].shape[0], dims)
     if args.reuse:
-        model.load_state_dict(torch.load(path, weights_only=True))
-        return model.eval(), {"reused": str(path)}
+        model.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
+        return model.to(args.device).eval(), {"reused": str(path)}
     idx = {c: i for i, c in enumerate(data.case_ids)}
     cfg = TrainConfig(
         dims=dims,
@@ -178,8 +178,8 @@ def _train_or_load(
         cfg,
         log=not args.quick,
     )
-    model = res.model.cpu().eval()
-    torch.save(model.state_dict(), path)
+    model = res.model.eval()
+    torch.save({k: v.cpu() for k, v in model.state_dict().items()}, path)
     return model, {"best_epoch": res.best_epoch, "best_val_dice": res.best_val_dice}
 
 

@@ -103,12 +103,13 @@ def volume_rpr(
     import rprselect
     from rprselect.sliding import sliding_window_operator
 
+    x = x.to(next(model.parameters()).device)
     op = sliding_window_operator(model, x, roi_size, overlap=0.25, mode="constant")
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", rprselect.NotConvergedWarning)
         res = rprselect.svd(op, k=k, tol=tol, solver="lanczos")
     value = float(rprselect.rpr(res, x)[-1])
-    pred = op.output.argmax(0).numpy()  # type: ignore[attr-defined]
+    pred = op.output.argmax(0).cpu().numpy()  # type: ignore[attr-defined]
     return RPRValue(value, bool(res.converged.all()), int(res.n_products), res.seconds, pred)
 
 
@@ -130,13 +131,14 @@ def slice_rpr(
 
     import rprselect
 
+    X = X.to(next(model.parameters()).device)
     op = rprselect.linearize_batch(model, X)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", rprselect.NotConvergedWarning)
         res = rprselect.svd_batch(op, k=k, tol=tol, solver="lanczos")
-    values = rprselect.rpr(res, X)[:, -1].numpy()
-    pred = op.output.argmax(1).numpy()  # type: ignore[attr-defined]
-    conv = res.converged.all(-1).numpy()
+    values = rprselect.rpr(res, X)[:, -1].cpu().numpy()
+    pred = op.output.argmax(1).cpu().numpy()  # type: ignore[attr-defined]
+    conv = res.converged.all(-1).cpu().numpy()
     return values, conv, pred, np.asarray(res.n_products).reshape(-1)
 
 

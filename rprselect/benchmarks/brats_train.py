@@ -131,7 +131,8 @@ def predict(
     with ``dims=2`` slice by slice (the axial slices form the batch)."""
     from monai.inferers import sliding_window_inference
 
-    batch = image[None] if dims == 3 else image.permute(3, 0, 1, 2)
+    device = next(model.parameters()).device
+    batch = (image[None] if dims == 3 else image.permute(3, 0, 1, 2)).to(device)
     model.eval()
     with torch.no_grad():
         out = torch.as_tensor(
@@ -139,7 +140,7 @@ def predict(
                 batch, (patch,) * dims, 4, model, overlap=overlap, mode="constant"
             )
         )
-    return out[0] if dims == 3 else out.permute(1, 2, 3, 0)
+    return (out[0] if dims == 3 else out.permute(1, 2, 3, 0)).cpu()
 
 
 def _val_dice(
@@ -189,6 +190,7 @@ def train_model(
         raise ValueError("train_images must hold at least one case, got none")
     loss_fn = DiceLoss(squared_pred=True, softmax=True, to_onehot_y=True)
     opt = torch.optim.Adam(model.parameters(), lr=cfg.lr)
+    device = next(model.parameters()).device
     gen = torch.Generator().manual_seed(cfg.seed)
     best_state, best, best_epoch = copy.deepcopy(model.state_dict()), -1.0, 0
     history: list[dict[str, float]] = []
@@ -206,8 +208,8 @@ def train_model(
         losses = []
         for i in range(0, len(order) - cfg.batch_size + 1, cfg.batch_size):
             idx = order[i : i + cfg.batch_size]
-            x = torch.stack([patches[j][0] for j in idx])
-            y = torch.stack([patches[j][1] for j in idx])
+            x = torch.stack([patches[j][0] for j in idx]).to(device)
+            y = torch.stack([patches[j][1] for j in idx]).to(device)
             opt.zero_grad()
             loss = loss_fn(model(x), y)
             loss.backward()
