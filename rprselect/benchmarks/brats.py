@@ -65,7 +65,8 @@ PRESETS: dict[str, dict[str, Any]] = {
         folds=2, k=3, tol=1e-2,
     ),
 }  # fmt: skip
-SHARED_DATA = Path("/work/shared/data/brats2018_wt")
+#: the 7 BraTS 2018 cases of the ``shared/`` folder beside a checkout (tests and benchmarks)
+SHARED_DATA = Path(__file__).resolve().parents[3] / "shared" / "data" / "brats2018_wt"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
