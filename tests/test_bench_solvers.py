@@ -165,6 +165,7 @@ def test_targets_are_judged_from_the_ratios() -> None:
     args = SimpleNamespace(pool_size=64, mc_passes=20)
     got = {t["id"]: t for t in solvers.targets(results, args)}
     assert got["P1"]["ok"] is True and "10.00x (lanczos-b1" in got["P1"]["measured"]
+    assert "fastest lanczos-b4 20.00x but abs ΔRPR 1.0e-02" in got["P1"]["measured"]
     assert got["P2"]["ratio_reference"] == pytest.approx(20.0 / 200 * 10_000 / 2.0)
     assert got["P2"]["ok"] is True  # 500x and 2x one epoch
     assert got["P3"]["ok"] is False and got["P3"]["ratio_mc"] == pytest.approx(3.0)

@@ -47,6 +47,7 @@ CONFIGS: dict[str, str] = {
     "slepc-cross": "SLEPc cross on the explicit-adjoint operator",
     "slepc-trlanczos": "SLEPc trlanczos on the explicit-adjoint operator",
     "lanczos-b1": "rprselect Lanczos, block size 1",
+    "lanczos-b2": "rprselect block Lanczos, b = 2 (two vectors: oneDNN on CPU)",
     "lanczos-b4": "rprselect block Lanczos, b = 4",
     "lanczos-b8": "rprselect block Lanczos, b = 8",
     "lanczos-b16": "rprselect block Lanczos, b = 16",
@@ -333,17 +334,19 @@ def targets(results: dict[str, Any], args: Any) -> list[dict[str, Any]]:
     """P1-P4 judged from the run's own ratios; ``ok`` is None when a part did not run."""
     rows, out = results.get("rows", []), []
     case = f"unet{args.pool_size}"
-    ref = _row(rows, case, "reference")
-    ours = [r for r in rows if r["case"] == case and r["config"] != "reference"]
-    ours = [r for r in ours if r["status"] == "ok" and r["converged"]]
+    ran = [r for r in rows if r["case"] == case and r["config"] != "reference"]
+    ran = [r for r in ran if r["status"] == "ok" and "speedup" in r]
+    ours = [r for r in ran if r["converged"]]
     good = [r for r in ours if r.get("d_rpr", np.inf) <= 1e-3]
-    best = max(good, key=lambda r: r["speedup"]) if good and ref else None
+    best = max(good, key=lambda r: r["speedup"]) if good else None
     p1 = None if best is None else best["speedup"] >= 5
-    what = (
-        "no reference or no converged run"
-        if best is None
-        else (f"{best['speedup']:.2f}x ({best['config']}, abs ΔRPR {best['d_rpr']:.1e})")
-    )
+    what = "no reference or no converged run" if best is None else (
+        f"{best['speedup']:.2f}x ({best['config']}, abs ΔRPR {best['d_rpr']:.1e})")  # fmt: skip
+    fast = max(ran, key=lambda r: r["speedup"]) if ran else None
+    if fast is not None and fast is not best:  # say why the fastest run does not count
+        why = (f"abs ΔRPR {fast.get('d_rpr', np.nan):.1e} > 1e-3" if fast["converged"] else
+               f"max residual {fast.get('max_residual', np.nan):.1e} > tol")  # fmt: skip
+        what += f"; fastest {fast['config']} {fast['speedup']:.2f}x but {why}"
     out.append({"id": "P1", "goal": f"{case}: >= 5x faster than reference, abs ΔRPR <= 1e-3",
                 "measured": what, "ok": p1})  # fmt: skip
     p2, mref = results.get("p2"), _row(rows, "mnist", "reference")
@@ -371,7 +374,7 @@ def targets(results: dict[str, Any], args: Any) -> list[dict[str, Any]]:
     pick = best or (min(ours, key=lambda r: r["peak_bytes"]) if ours else None)
     if pick and pick.get("forward_peak_bytes"):
         r = pick["peak_bytes"] / pick["forward_peak_bytes"]
-        low = min(ours, key=lambda q: q["peak_bytes"])
+        low = min(ran or ours, key=lambda q: q["peak_bytes"])
         what = (f"{r:.2f}x ({pick['config']}: {pick['peak_bytes'] / 2**20:.0f} MiB vs forward "
                 f"{pick['forward_peak_bytes'] / 2**20:.0f} MiB); lowest {low['config']} "
                 f"{low['peak_bytes'] / low['forward_peak_bytes']:.2f}x")  # fmt: skip
@@ -535,6 +538,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     a("--in-process", action="store_true", help="no subprocesses (peak memory less clean)")
     a("--config-timeout", type=float, default=None, help="seconds before a config is abandoned")
     a("--note", default="", help="a sentence for report.md (e.g. the machine's load)")
+    a("--from-json", type=Path, default=None, help="re-judge and re-render a results.json only")
 
 
 def _resolve(args: argparse.Namespace) -> tuple[list[Case], list[str], set[str], list[str]]:
@@ -579,8 +583,12 @@ def run(args: argparse.Namespace) -> int:
     except ValueError as err:
         print(f"bench solvers: {err}", file=sys.stderr)
         return 2
-    torch.set_num_threads(args.threads)
     folder = out_dir(args.out)
+    if args.from_json is not None:  # the run's own settings judge it
+        saved = json.loads(Path(args.from_json).read_text())
+        finish(saved, argparse.Namespace(**saved["settings"]), folder)
+        return 0
+    torch.set_num_threads(args.threads)
     parts = set(args.parts.split(","))
     t0 = time.perf_counter()
     results: dict[str, Any] = {
