@@ -77,7 +77,7 @@ def lanczos_svd(op: LinearOperator, k: int, tol: float, config: SolverConfig) ->
         singular subspace. Use ``block_size`` >= the multiplicity, or the dense solver.
     """
     m, n = op.shape
-    B, b = op.n_samples, config.block_size
+    B, b = op.n_samples, min(config.block_size, m, n)  # a block can't outgrow the matrix
     ncv = config.ncv or _default_ncv(k, b, m, n)
     ncv = max(ncv, k + b)
     dt, dev = op.dtype, op.device
