@@ -92,9 +92,12 @@ def lanczos_svd(op: LinearOperator, k: int, tol: float, config: SolverConfig) ->
     start = torch.randn(B, n, b, generator=gen, dtype=dt).to(dev)
     P, _ = _orthonormalize(start, V, min(b, n), gen)
     confirm_failures = 0
+    Bm = torch.zeros(B, 0, 0, dtype=torch.float64, device=dev)  # U^T A V, kept up to date
 
     for _ in range(config.max_iter):
         W = _apply(op, P, forward=True)
+        # B = U^T (AV) grows by a column block here and a row block below: O(m p b) per step
+        Bm = torch.cat([Bm, (U.mT @ W).double()], -1)
         V, AV = torch.cat([V, P], -1), torch.cat([AV, W], -1)  # Z's outside part is now in V
 
         bu = min(b, m - U.shape[-1])
@@ -103,8 +106,10 @@ def lanczos_svd(op: LinearOperator, k: int, tol: float, config: SolverConfig) ->
             Q, _ = _orthonormalize(W, U, bu, gen)
             Zq = _apply(op, Q, forward=False)
             U, Z = torch.cat([U, Q], -1), torch.cat([Z, Zq], -1)
+            Bm = torch.cat([Bm, (Q.mT @ AV).double()], -2)
 
-        X, S, Y = _ritz(U, AV)
+        X, S, Yh = torch.linalg.svd(Bm, full_matrices=False)
+        Y = Yh.mT
         bv = min(b, n - V.shape[-1])
         if bv > 0:
             src = Zq if Zq is not None else torch.randn(B, n, b, generator=gen, dtype=dt).to(dev)
@@ -131,6 +136,7 @@ def lanczos_svd(op: LinearOperator, k: int, tol: float, config: SolverConfig) ->
             keep = min(keep, S.shape[-1])
             Xl, Yl = X[..., :keep].to(dt), Y[..., :keep].to(dt)
             V, AV, U, Z, E = V @ Yl, AV @ Yl, U @ Xl, Z @ Xl, E @ Xl
+            Bm = X[..., :keep].mT @ Bm @ Y[..., :keep]
 
     X, S, Y = _ritz(U, AV)
     kk = min(k, S.shape[-1])  # max_iter may stop before k Ritz values exist
