@@ -593,7 +593,11 @@ def run(args: argparse.Namespace) -> int:
     t0 = time.perf_counter()
     results: dict[str, Any] = {
         "machine": machine_description(args.device),
-        "settings": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
+        "settings": {  # not the CLI's handler function, which JSON cannot hold
+            k: (str(v) if isinstance(v, Path) else v)
+            for k, v in vars(args).items()
+            if not callable(v)
+        },
         "notes": notes,
         "load_before": os.getloadavg(),
     }
