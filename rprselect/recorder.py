@@ -89,7 +89,6 @@ class Recorder:
         self.linear: set[str] = set()  # nodes whose tensor value depends on x
         self.meta: set[str] = set()  # non-tensor values that depend on x (sizes)
         self.steps: list[Step] = []
-        self.meta_nodes: list[fx.Node] = []
         self.affine: list[str] = []  # layers whose constant term makes A[x]x != F(x)
 
     def run(self, x: Tensor) -> Tensor:
@@ -134,7 +133,6 @@ class Recorder:
             return
         if not isinstance(value, Tensor):
             self.meta.add(node.name)
-            self.meta_nodes.append(node)
             return
         lin_inputs = [n for n in node.all_input_nodes if n.name in self.linear]
         if not lin_inputs:  # a tensor built from sizes only, e.g. torch.zeros(x.size(0))
