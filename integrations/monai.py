@@ -20,7 +20,8 @@ from typing import Any
 
 from torch import nn
 
-from rprselect.linearize import Method, eval_mode
+from rprselect.linearize import Method
+from rprselect.modes import eval_mode
 from rprselect.scoring import score
 from rprselect.select import select
 from rprselect.sliding import BlendMode, sliding_window_operator

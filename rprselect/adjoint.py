@@ -10,6 +10,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, fx, nn
 
+from .modes import check_points, eval_mode
 from .operator import LinearOperator
 from .recorder import Recorder, Step, UnsupportedLayerError, trace
 
@@ -28,13 +29,11 @@ class AdjointCNN(nn.Module):
         input_node: str,
         output_node: str,
         in_shape: tuple[int, ...],
-        n_samples: int,
     ) -> None:
         super().__init__()
         self._steps = steps
         self._input, self._output = input_node, output_node
         self.in_shape = in_shape
-        self.n_samples = n_samples
         self.layers = nn.ModuleList(s.rule for s in reversed(steps))
 
     @torch.no_grad()
@@ -82,9 +81,7 @@ class AdjointOperator(LinearOperator):
         self.output = out
         self.affine_layers = rec.affine
         self._rec = rec
-        self.adjoint_network = AdjointCNN(
-            rec.steps, rec.input, rec.output, self.in_shape, X.shape[0]
-        )
+        self.adjoint_network = AdjointCNN(rec.steps, rec.input, rec.output, self.in_shape)
 
     @torch.no_grad()
     def _forward(self, t: Tensor) -> Tensor:
@@ -120,8 +117,12 @@ def adjoint_cnn(model: nn.Module, x: Tensor) -> AdjointCNN:
     Returns:
         G, taking ``z`` of shape ``(b, *out_shape)`` and returning ``(b, *in_shape)``.
     """
-    from .linearize import linearize
-
-    op = linearize(model, x, method="adjoint")
-    assert isinstance(op, AdjointOperator)
-    return op.adjoint_network
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+    if not isinstance(x, Tensor):
+        raise TypeError(f"x must be a torch.Tensor, got {type(x).__name__}")
+    if x.dim() < 1:
+        raise ValueError(f"x must have shape (C, *spatial), got a {x.dim()}-D tensor")
+    check_points(x.unsqueeze(0), "x")
+    with eval_mode(model):
+        return AdjointOperator(model, x.unsqueeze(0)).adjoint_network

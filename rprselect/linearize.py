@@ -8,16 +8,16 @@ so with a warning, and :func:`homogeneity_error` reports how far ``A[x] x`` is f
 
 from __future__ import annotations
 
-import contextlib
 import warnings
-from collections.abc import Iterator
 from typing import Literal
 
 import torch
-from torch import Tensor, nn
+from torch import Tensor, fx, nn
 
-from .adjoint import AdjointOperator, UnsupportedLayerError
+from .adjoint import AdjointOperator
+from .modes import check_points, eval_mode
 from .operator import LinearOperator
+from .recorder import UnsupportedLayerError, trace
 
 __all__ = [
     "AutogradOperator",
@@ -26,6 +26,8 @@ __all__ = [
     "linearize",
     "linearize_batch",
     "homogeneity_error",
+    "prepare_graph",
+    "eval_mode",
 ]
 
 Method = Literal["auto", "adjoint", "autograd"]
@@ -39,16 +41,28 @@ class AdjointFallbackWarning(UserWarning):
     """``method='auto'`` fell back to autograd because a layer has no explicit adjoint rule."""
 
 
-@contextlib.contextmanager
-def eval_mode(model: nn.Module) -> Iterator[None]:
-    """Put ``model`` in eval mode for the block, restoring each module's own mode after."""
-    modes = {m: m.training for m in model.modules()}
-    model.eval()
+def prepare_graph(model: nn.Module, method: Method = "auto") -> fx.GraphModule | None:
+    """Trace ``model`` once, for every later :func:`linearize_batch` with ``graph=``.
+
+    Scoring a pool linearises the same network at every batch (and every sliding-window
+    group); tracing it once per scoring call removes the repeated ``torch.fx`` trace.
+
+    Returns:
+        The traced graph, or ``None`` when ``method="autograd"`` (nothing to trace) or when
+        ``method="auto"`` and the model cannot be traced (each batch then falls back to
+        autograd with a warning, as without a graph).
+
+    Raises:
+        UnsupportedLayerError: ``method="adjoint"`` and the model cannot be traced.
+    """
+    if method == "autograd":
+        return None
     try:
-        yield
-    finally:
-        for m, mode in modes.items():
-            m.training = mode
+        return trace(model)
+    except UnsupportedLayerError:
+        if method == "adjoint":
+            raise
+        return None
 
 
 class AutogradOperator(LinearOperator):
@@ -97,43 +111,33 @@ class AutogradOperator(LinearOperator):
         return out.detach().transpose(0, 1)
 
 
-def _check_points(X: Tensor, name: str) -> None:
-    if not isinstance(X, Tensor):
-        raise TypeError(f"{name} must be a torch.Tensor, got {type(X).__name__}")
-    if not X.is_floating_point():
-        raise TypeError(f"{name} must be a floating-point tensor, got dtype {X.dtype}")
-    bad = ~torch.isfinite(X)
-    if bad.any():
-        where = bad.reshape(X.shape[0], -1).any(1).nonzero().flatten().tolist()
-        raise ValueError(f"{name} must be finite, got NaN or Inf (in sample(s) {where[:10]})")
-    zero = X.reshape(X.shape[0], -1).abs().amax(1) == 0
-    if zero.any():
-        where = zero.nonzero().flatten().tolist()
-        raise ValueError(
-            f"{name} must not be all zeros (RPR is undefined), got an all-zero "
-            f"sample at index {where[:10]}"
-        )
-
-
-def linearize_batch(model: nn.Module, X: Tensor, method: Method = "auto") -> LinearOperator:
+def linearize_batch(
+    model: nn.Module,
+    X: Tensor,
+    method: Method = "auto",
+    *,
+    graph: fx.GraphModule | None = None,
+) -> LinearOperator:
     """A[x_i] for a batch of samples at once: ``matmat`` maps ``(B, b, *in) -> (B, b, *out)``.
 
     Every network pass carries all ``B * b`` vectors, which is what makes pool scoring fast.
-    See :func:`linearize` for the arguments.
+    See :func:`linearize` for the arguments; ``graph`` is the model traced once by
+    :func:`prepare_graph`, reused instead of tracing again.
     """
     if method not in ("auto", "adjoint", "autograd"):
         raise ValueError(f"method must be 'auto', 'adjoint' or 'autograd', got {method!r}")
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
-    _check_points(X, "x")
+    check_points(X, "x")
     op: LinearOperator
+    fallback: str | None = None
     with eval_mode(model):
         try:
             if method == "autograd":
                 op = AutogradOperator(model, X)
             else:
                 try:
-                    op = AdjointOperator(model, X)
+                    op = AdjointOperator(model, X, gm=graph)
                 except UnsupportedLayerError as err:
                     if method == "adjoint":
                         raise
@@ -144,13 +148,14 @@ def linearize_batch(model: nn.Module, X: Tensor, method: Method = "auto") -> Lin
                         stacklevel=2,
                     )
                     op = AutogradOperator(model, X)
+                    fallback = err.layer
         except (RuntimeError, IndexError) as err:
             raise ValueError(
                 f"x of shape {tuple(X.shape[1:])} was rejected by the model: {err}"
             ) from err
-    if not isinstance(op.output, Tensor):  # type: ignore[attr-defined]
+    if not isinstance(op.output, Tensor):
         raise TypeError("the model must return one tensor")
-    _warn_if_affine(op, model, X)
+    _warn_if_affine(op, X, fallback)
     op.n_products = op.n_passes = 0
     return op
 
@@ -192,10 +197,7 @@ def linearize(model: nn.Module, x: Tensor, method: Method = "auto") -> LinearOpe
         raise ValueError(
             f"x must have shape (C, *spatial) without a batch dimension, got a {x.dim()}-D tensor"
         )
-    op = linearize_batch(model, x.unsqueeze(0), method)
-    op.batch = None
-    op.output = op.output[0]  # type: ignore[attr-defined]
-    return op
+    return linearize_batch(model, x.unsqueeze(0), method).unbatched()
 
 
 def homogeneity_error(model: nn.Module, x: Tensor, method: Method = "auto") -> float:
@@ -211,32 +213,46 @@ def homogeneity_error(model: nn.Module, x: Tensor, method: Method = "auto") -> f
         x: one sample ``(C, *spatial)``.
         method: as in :func:`linearize`.
     """
+    if not isinstance(x, Tensor):
+        raise TypeError(f"x must be a torch.Tensor, got {type(x).__name__}")
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", NotHomogeneousWarning)
-        op = linearize(model, x, method)
+        op = linearize_batch(model, x.unsqueeze(0), method)
     return _relative_gap(op, x.unsqueeze(0))
 
 
 def _relative_gap(op: LinearOperator, X: Tensor) -> float:
-    out: Tensor = op.output  # type: ignore[attr-defined]
-    batch = op.batch
-    op.batch = X.shape[0]
-    try:
-        Ax = op.matmat(X.unsqueeze(1))[:, 0]
-    finally:
-        op.batch = batch
-    Fx = out.reshape(X.shape[0], -1)
+    """``max_i |A[x_i] x_i - F(x_i)| / |F(x_i)|`` of a batched operator at the points ``X``."""
+    assert op.output is not None  # set by both operators above
+    Ax = op.apply(X.unsqueeze(1).to(op.dtype))[:, 0]
+    Fx = op.output.reshape(X.shape[0], -1)
     gap = (Ax.reshape(X.shape[0], -1) - Fx).norm(dim=1) / Fx.norm(dim=1).clamp_min(1e-300)
     return float(gap.max())
 
 
-def _warn_if_affine(op: LinearOperator, model: nn.Module, X: Tensor) -> None:
+def _warn_if_affine(op: LinearOperator, X: Tensor, fallback: str | None) -> None:
     layers = getattr(op, "affine_layers", None)
     if layers is None:  # autograd: measure instead of inspecting
-        tol = 1e3 * torch.finfo(X.dtype).eps
-        if _relative_gap(op, X) <= tol:
+        n0, p0 = op.n_products, op.n_passes
+        gap = _relative_gap(op, X)
+        op.n_products, op.n_passes = n0, p0
+        if gap <= 1e3 * torch.finfo(X.dtype).eps:
             return
-        layers = ["(measured)"]
+        # The gap may come from constant terms or from a layer that is not piecewise linear
+        # (GELU, SiLU, ...): name what is known instead of blaming constants.
+        cause = (
+            f"layer {fallback!r} is not piecewise linear and positively homogeneous, or the "
+            "model has constant terms"
+            if fallback is not None
+            else "the model is not piecewise linear and positively homogeneous"
+        )
+        warnings.warn(
+            f"A[x] is the Jacobian of the model, and A[x]x != F(x) (measured relative gap "
+            f"{gap:.2g}): {cause}; rprselect.homogeneity_error(model, x) reports the gap",
+            NotHomogeneousWarning,
+            stacklevel=3,
+        )
+        return
     if layers:
         shown = ", ".join(layers[:5]) + (", ..." if len(layers) > 5 else "")
         warnings.warn(

@@ -1,10 +1,12 @@
 """The A[x] linear-operator contract.
 
-An operator maps blocks of vectors. Subclasses implement two methods on a *batched* layout,
-``_matmat(Y)`` with Y of shape ``(B, b, *in_shape)`` and ``_rmatmat(Z)`` with Z of shape
+An operator maps blocks of vectors. Subclasses implement two private kernels on a *batched*
+layout, ``_matmat(Y)`` with Y of shape ``(B, b, *in_shape)`` and ``_rmatmat(Z)`` with Z of shape
 ``(B, b, *out_shape)``: ``B`` independent samples (each with its own matrix A[x_i]) and ``b``
-vectors per sample. The base class owns the shape checks, the product counters, the unbatched
-convenience view, ``to_scipy()`` and the dot-product test.
+vectors per sample (the shape of curvlinops' ``_matmat``/``_adjoint``). Every caller, the solvers
+included, goes through the public :meth:`LinearOperator.apply`, which checks shapes and counts
+products and passes. The base class also owns the unbatched view, ``to_scipy()`` and the
+dot-product test.
 """
 
 from __future__ import annotations
@@ -32,9 +34,13 @@ class LinearOperator:
         device: device of the products.
 
     Attributes:
+        output: ``F(x)`` at the linearisation point(s), ``(B, *out_shape)`` when batched,
+            ``out_shape`` when not; ``None`` for an operator that is not a model's.
         n_products: single-vector products so far (``A y`` or ``A^T z``, per sample).
         n_passes: batched passes through the network so far.
     """
+
+    output: Tensor | None = None
 
     def __init__(
         self,
@@ -70,19 +76,58 @@ class LinearOperator:
     def n_samples(self) -> int:
         return 1 if self.batch is None else self.batch
 
+    def apply(self, block: Tensor, *, adjoint: bool = False) -> Tensor:
+        """``A`` (or ``A^T``) on a block in the batched layout, counting the work.
+
+        This is the one entry point of the solvers: ``(B, b, *in_shape) -> (B, b, *out_shape)``
+        (``(B, b, *out_shape) -> (B, b, *in_shape)`` with ``adjoint=True``), where ``B`` is
+        :attr:`n_samples` (1 for an unbatched operator). One call is one network pass carrying
+        ``B * b`` vectors: ``n_passes`` grows by one and ``n_products`` by ``B * b``.
+
+        Raises:
+            TypeError: ``block`` is not a tensor.
+            ValueError: ``block`` has the wrong shape.
+        """
+        shape = self.out_shape if adjoint else self.in_shape
+        name = "Z" if adjoint else "Y"
+        if not isinstance(block, Tensor):
+            raise TypeError(f"{name} must be a torch.Tensor, got {type(block).__name__}")
+        B = self.n_samples
+        if block.dim() != 2 + len(shape) or tuple(block.shape[2:]) != shape or block.shape[0] != B:
+            raise ValueError(
+                f"{name} must have shape ({B}, b, {str(shape)[1:-1]}), got {tuple(block.shape)}"
+            )
+        block = block.to(device=self.device, dtype=self.dtype)
+        out = self._rmatmat(block) if adjoint else self._matmat(block)
+        self.n_products += block.shape[0] * block.shape[1]
+        self.n_passes += 1
+        return out
+
     def matmat(self, Y: Tensor) -> Tensor:
         """``A Y``: ``(b, *in_shape) -> (b, *out_shape)``, with a leading ``B`` when batched."""
-        Yb = self._as_batched(Y, self.in_shape, "Y")
-        out = self._matmat(Yb)
-        self._count(Yb)
+        out = self.apply(self._as_batched(Y, self.in_shape, "Y"))
         return out if self.batch is not None else out[0]
 
     def rmatmat(self, Z: Tensor) -> Tensor:
         """``A^T Z``: ``(b, *out_shape) -> (b, *in_shape)``, with a leading ``B`` when batched."""
-        Zb = self._as_batched(Z, self.out_shape, "Z")
-        out = self._rmatmat(Zb)
-        self._count(Zb)
+        out = self.apply(self._as_batched(Z, self.out_shape, "Z"), adjoint=True)
         return out if self.batch is not None else out[0]
+
+    def unbatched(self) -> LinearOperator:
+        """The single sample of a one-sample batched operator as an unbatched operator.
+
+        The view shares this operator's kernels (no new trace or recording); ``matmat`` then
+        takes ``(b, *in_shape)`` and ``output`` loses its leading dimension. Counters start
+        at zero on the view.
+
+        Raises:
+            ValueError: the operator holds more (or fewer) than one sample.
+        """
+        if self.batch is None:
+            return self
+        if self.batch != 1:
+            raise ValueError(f"unbatched() needs a one-sample operator, got batch={self.batch}")
+        return _UnbatchedView(self)
 
     def matvec(self, y: Tensor) -> Tensor:
         """``A y`` for one vector of shape ``in_shape`` (unbatched operators only)."""
@@ -138,13 +183,11 @@ class LinearOperator:
         if m <= n:
             eye = torch.eye(m, dtype=self.dtype, device=self.device)
             Z = eye.reshape(m, *self.out_shape).expand(B, m, *self.out_shape)
-            A = self._rmatmat(Z.contiguous()).reshape(B, m, n)
-            self._count(Z)
+            A = self.apply(Z.contiguous(), adjoint=True).reshape(B, m, n)
         else:
             eye = torch.eye(n, dtype=self.dtype, device=self.device)
             Y = eye.reshape(n, *self.in_shape).expand(B, n, *self.in_shape)
-            A = self._matmat(Y.contiguous()).reshape(B, n, m).transpose(1, 2)
-            self._count(Y)
+            A = self.apply(Y.contiguous()).reshape(B, n, m).transpose(1, 2)
         return A if self.batch is not None else A[0]
 
     def __repr__(self) -> str:
@@ -164,12 +207,30 @@ class LinearOperator:
             raise ValueError(f"{name} must have shape ({expect}), got {tuple(T.shape)}")
         if self.batch is not None and T.shape[0] != self.batch:
             raise ValueError(f"{name} must have {self.batch} samples first, got {T.shape[0]}")
-        T = T.to(device=self.device, dtype=self.dtype)
         return T if self.batch is not None else T.unsqueeze(0)
 
-    def _count(self, T: Tensor) -> None:
-        self.n_products += T.shape[0] * T.shape[1]
-        self.n_passes += 1
+
+class _UnbatchedView(LinearOperator):
+    """One sample of a batched operator, unbatched (see :meth:`LinearOperator.unbatched`)."""
+
+    def __init__(self, base: LinearOperator) -> None:
+        super().__init__(
+            base.in_shape, base.out_shape, batch=None, dtype=base.dtype, device=base.device
+        )
+        self.base = base
+        self.output = None if base.output is None else base.output[0]
+        self.method = getattr(base, "method", None)
+
+    def __getattr__(self, name: str) -> Any:  # what the base adds, e.g. adjoint_network
+        if name == "base":
+            raise AttributeError(name)
+        return getattr(self.base, name)
+
+    def _matmat(self, Y: Tensor) -> Tensor:
+        return self.base._matmat(Y)
+
+    def _rmatmat(self, Z: Tensor) -> Tensor:
+        return self.base._rmatmat(Z)
 
 
 def check_adjoint(op: LinearOperator, n_trials: int = 3, seed: int = 0) -> float:

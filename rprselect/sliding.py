@@ -30,9 +30,10 @@ from typing import Literal
 
 import torch
 import torch.nn.functional as F
-from torch import Tensor, nn
+from torch import Tensor, fx, nn
 
-from .linearize import Method, eval_mode, linearize_batch
+from .linearize import Method, linearize_batch
+from .modes import eval_mode
 from .operator import LinearOperator
 
 __all__ = [
@@ -195,6 +196,7 @@ class SlidingWindowOperator(LinearOperator):
         sw_batch_size: int,
         padding_mode: PaddingMode,
         method: Method,
+        graph: fx.GraphModule | None = None,
     ) -> None:
         super().__init__(tuple(x.shape), tuple(x.shape), batch=None, dtype=x.dtype, device=x.device)
         self.grid, self.weights, self.padding_mode = grid, weights, padding_mode
@@ -208,8 +210,8 @@ class SlidingWindowOperator(LinearOperator):
             self._live[i : i + sw_batch_size] for i in range(0, len(self._live), sw_batch_size)
         ]
         self._groups = groups
-        self.window_ops = [linearize_batch(model, patches[g], method) for g in groups]
-        outs = [op.output for op in self.window_ops]  # type: ignore[attr-defined]
+        self.window_ops = [linearize_batch(model, patches[g], method, graph=graph) for g in groups]
+        outs: list[Tensor] = [op.output for op in self.window_ops if op.output is not None]
         if self.n_zero_windows:  # all-zero windows: A = 0 there, but F(0) may not be 0
             with torch.no_grad(), eval_mode(model):
                 f0 = model(torch.zeros_like(patches[:1]))
@@ -306,6 +308,7 @@ def sliding_window_operator(
     sw_batch_size: int = 4,
     padding_mode: PaddingMode = "constant",
     method: Method = "auto",
+    graph: fx.GraphModule | None = None,
 ) -> SlidingWindowOperator:
     """A[x] of a whole volume under MONAI-style sliding-window inference.
 
@@ -328,6 +331,8 @@ def sliding_window_operator(
         padding_mode: how volumes smaller than the window are padded (``F.pad`` modes; the
             fill value is 0, which keeps the map linear).
         method: how to linearise each window, see :func:`~rprselect.linearize`.
+        graph: the model traced once (:func:`~rprselect.linearize.prepare_graph`), reused by
+            every window group instead of tracing again.
 
     Returns:
         A :class:`SlidingWindowOperator` (unbatched; use it with :func:`~rprselect.svd`).
@@ -365,4 +370,6 @@ def sliding_window_operator(
         raise ValueError("x must not be all zeros (RPR is undefined)")
     grid = window_grid(tuple(x.shape[1:]), roi_size, overlap)
     weights = importance_map(grid.roi_size, mode, sigma_scale, dtype=x.dtype, device=x.device)
-    return SlidingWindowOperator(model, x, grid, weights, sw_batch_size, padding_mode, method)
+    return SlidingWindowOperator(
+        model, x, grid, weights, sw_batch_size, padding_mode, method, graph
+    )

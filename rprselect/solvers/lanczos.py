@@ -18,6 +18,8 @@ pass carries ``B * b`` vectors.
 from __future__ import annotations
 
 import warnings
+from collections.abc import Callable
+from dataclasses import dataclass
 
 import torch
 from torch import Tensor
@@ -25,7 +27,36 @@ from torch import Tensor
 from ..operator import LinearOperator
 from .result import SolverConfig, SVDResult
 
-__all__ = ["lanczos_svd", "NotConvergedWarning"]
+__all__ = ["lanczos_svd", "NotConvergedWarning", "LanczosState", "StopRule"]
+
+
+@dataclass(frozen=True)
+class LanczosState:
+    """What a stopping rule sees after a Lanczos step that has at least k Ritz values.
+
+    Attributes:
+        step: block steps done so far (each one A pass and one Aᵀ pass).
+        values: ``(B, k)`` Ritz values, descending (float64).
+        estimates: ``(B, k)`` relative residual estimates of the top-k Ritz triplets, from the
+            pending block's coefficients (no product).
+        n_products: products spent so far, per sample.
+    """
+
+    step: int
+    values: Tensor
+    estimates: Tensor
+    n_products: int
+    _V: Tensor
+    _Y: Tensor
+
+    def right_vectors(self, r: int | None = None) -> Tensor:
+        """The top-``r`` right Ritz vectors, ``(B, n, r)`` in float64 (default ``r = k``)."""
+        r = self.values.shape[-1] if r is None else r
+        return self._V @ self._Y[..., :r].to(self._V.dtype)
+
+
+#: ``stop(state) -> bool``: end the iteration early (``stop_reason="callback"``)
+StopRule = Callable[[LanczosState], bool]
 
 
 class NotConvergedWarning(UserWarning):
@@ -65,11 +96,26 @@ def _default_ncv(k: int, b: int, m: int, n: int) -> int:
     return min(max(2 * k + 2 * b, k + 16), min(m, n) + b)
 
 
-def lanczos_svd(op: LinearOperator, k: int, tol: float, config: SolverConfig) -> SVDResult:
+def lanczos_svd(
+    op: LinearOperator,
+    k: int,
+    tol: float,
+    config: SolverConfig,
+    stop: StopRule | None = None,
+) -> SVDResult:
     """Top-k singular triplets by thick-restart block Lanczos bidiagonalisation.
 
     Triplets that ``max_iter`` leaves unbuilt come back with zero vectors, ``S = 0`` and an
     infinite residual, flagged in ``converged`` with a :class:`NotConvergedWarning`.
+
+    Args:
+        op: the operator (batched or not); every product goes through ``op.apply``.
+        k: triplets wanted. tol: relative residual tolerance. config: solver knobs.
+        stop: an optional stopping rule, called after every step once k Ritz values exist
+            with a :class:`LanczosState`; returning ``True`` ends the iteration
+            (``stop_reason="callback"``). Triplets then report their true residuals, and
+            ``converged`` says which met ``tol``; no :class:`NotConvergedWarning` is raised for
+            a stop the caller asked for.
 
     Note:
         A singular value repeated more than ``block_size`` times may be under-counted: in exact
@@ -95,8 +141,9 @@ def lanczos_svd(op: LinearOperator, k: int, tol: float, config: SolverConfig) ->
     P, _ = _orthonormalize(start, V, min(b, n), gen)
     confirm_failures = 0
     Bm = torch.zeros(B, 0, 0, dtype=torch.float64, device=dev)  # U^T A V, kept up to date
+    reason = "max_iter"
 
-    for _ in range(config.max_iter):
+    for step in range(1, config.max_iter + 1):
         W = _apply(op, P, forward=True)
         # B = U^T (AV) grows by a column block here and a row block below: O(m p b) per step
         Bm = torch.cat([Bm, (U.mT @ W).double()], -1)
@@ -124,14 +171,21 @@ def lanczos_svd(op: LinearOperator, k: int, tol: float, config: SolverConfig) ->
         kk = min(k, S.shape[-1])
         est = (E.double() @ X[..., :kk]).norm(dim=1) / S[..., :kk].clamp_min(1e-300)
         if bv == 0:
+            reason = "exhausted"
             break
         if kk == k and bool((est <= tol).all()):
             # The estimate is exact arithmetic; confirm with the residuals of the stored
             # products, which is what is reported, so that "converged" is never a near miss.
             if bool((_ritz_residuals(AV, Z, U, V, X, S, Y, k) <= tol).all()):
+                reason = "tol"
                 break
             confirm_failures += 1
             if confirm_failures >= 20:  # stuck at the precision floor: report, don't spin
+                break
+        if stop is not None and kk == k:
+            spent = (op.n_products - before_p) // B
+            if stop(LanczosState(step, S[..., :k], est, spent, V, Y)):
+                reason = "callback"
                 break
         if V.shape[-1] + bv > ncv:  # thick restart: keep the best Ritz vectors
             keep = max(k, min(ncv - b, (ncv + k) // 2), 1)
@@ -152,7 +206,7 @@ def lanczos_svd(op: LinearOperator, k: int, tol: float, config: SolverConfig) ->
         Sk = torch.cat([Sk, Sk.new_zeros(B, k - kk)], 1)
         residuals = torch.cat([residuals, residuals.new_full((B, k - kk), float("inf"))], 1)
     converged = residuals <= tol
-    if not bool(converged.all()):
+    if not bool(converged.all()) and reason != "callback":
         bad = (~converged).sum().item()
         warnings.warn(
             f"lanczos: {bad} of {converged.numel()} singular triplets did not reach "
@@ -170,6 +224,7 @@ def lanczos_svd(op: LinearOperator, k: int, tol: float, config: SolverConfig) ->
         n_passes=op.n_passes - before_n,
         solver=f"lanczos(b={b})",
         tol=tol,
+        stop_reason=reason,
     )
 
 
@@ -178,8 +233,7 @@ def _apply(op: LinearOperator, block: Tensor, *, forward: bool) -> Tensor:
     B, _, c = block.shape
     shape = op.in_shape if forward else op.out_shape
     vecs = block.mT.reshape(B, c, *shape).to(op.dtype)
-    out = op._matmat(vecs) if forward else op._rmatmat(vecs)
-    op._count(vecs)
+    out = op.apply(vecs, adjoint=not forward)
     return out.reshape(B, c, -1).mT.to(block.dtype)
 
 

@@ -64,6 +64,9 @@ class SVDResult:
         solver: the backend that produced it.
         tol: the relative tolerance asked for.
         seconds: wall time of the solve.
+        stop_reason: why the solver stopped: ``"tol"`` (every residual within ``tol``),
+            ``"max_iter"``, ``"exhausted"`` (the Krylov space filled the matrix) or
+            ``"callback"`` (a ``stop`` rule of :func:`~rprselect.solvers.lanczos.lanczos_svd`).
     """
 
     U: Tensor
@@ -76,6 +79,7 @@ class SVDResult:
     solver: str
     tol: float
     seconds: float = 0.0
+    stop_reason: str = "tol"
 
     @property
     def k(self) -> int:
@@ -112,10 +116,12 @@ def measured_residuals(A: Tensor | LinearOperator, U: Tensor, S: Tensor, V: Tens
     if isinstance(A, Tensor):
         Av = torch.einsum("bmn,bkn->bkm", A.double(), V.double())
         Atu = torch.einsum("bmn,bkm->bkn", A.double(), U.double())
-    else:
+    else:  # a check, not solver work: the operator's counters are left as they were
         B, k = S.shape
-        Av = A._matmat(V.reshape(B, k, *A.in_shape).to(A.dtype)).reshape(B, k, -1).double()
-        Atu = A._rmatmat(U.reshape(B, k, *A.out_shape).to(A.dtype)).reshape(B, k, -1).double()
+        counts = A.n_products, A.n_passes
+        Av = A.apply(V.reshape(B, k, *A.in_shape)).reshape(B, k, -1).double()
+        Atu = A.apply(U.reshape(B, k, *A.out_shape), adjoint=True).reshape(B, k, -1).double()
+        A.n_products, A.n_passes = counts
     s = S.double().unsqueeze(-1)
     r1 = (Av - s * U.double()).norm(dim=-1)
     r2 = (Atu - s * V.double()).norm(dim=-1)

@@ -48,9 +48,10 @@ class _Shell:
         v = torch.from_numpy(x.getArray(readonly=True).copy()).to(op.device, op.dtype)
         block = torch.zeros(B, 1, *shape, dtype=op.dtype, device=op.device)
         block[self.sample, 0] = v.reshape(shape)
-        out = op._matmat(block) if forward else op._rmatmat(block)
-        op.n_products += 1
-        op.n_passes += 1
+        # The paper's way: one vector per pass. apply counts B products for the zero-padded
+        # block of a batched operator; only this sample's one is real work, so take B - 1 back.
+        out = op.apply(block, adjoint=not forward)
+        op.n_products -= B - 1
         y.setArray(out[self.sample, 0].reshape(-1).detach().double().cpu().numpy())
 
     def mult(self, mat: Any, x: Any, y: Any) -> None:
