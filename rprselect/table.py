@@ -35,9 +35,15 @@ class ScoreTable:
         singular_values: ``(N, k)`` the top-k singular values of each A[x].
         converged: ``(N,)`` whether all k triplets reached the tolerance.
         max_residual: ``(N,)`` largest relative residual of the k triplets.
-        n_products: ``(N,)`` single-vector products A y or Aᵀ z spent per sample.
-        seconds: ``(N,)`` wall time per sample (batch time / batch size).
+        n_products: ``(N,)`` single-vector products A y or Aᵀ z spent on each sample (samples of
+            a batch iterate in lockstep, so they share one count).
+        batch_seconds: ``(N,)`` wall time of the whole batch the sample was scored in (a
+            batch-level figure: every sample of a batch shows the same value).
+        batch_size: ``(N,)`` number of samples in that batch.
+        input_norm: ``(N,)`` the norm ``|x|`` of the sample as the model saw it.
         lpr_curve: ``(N, k)`` LPR of the label map at ranks 1..k (Eq. 13), when labels given.
+        logits: ``(N, C)`` the model output ``F(x)`` of a classifier (outputs of at most
+            :data:`MAX_LOGITS` values), else ``None``.
         failures: samples that could not be scored, with the reason.
 
     ``table.rpr`` (and ``table.lpr``) is the value at rank k; ``table["rpr"]`` is the same
@@ -51,8 +57,11 @@ class ScoreTable:
     converged: np.ndarray
     max_residual: np.ndarray
     n_products: np.ndarray
-    seconds: np.ndarray
+    batch_seconds: np.ndarray
+    batch_size: np.ndarray
+    input_norm: np.ndarray
     lpr_curve: np.ndarray | None = None
+    logits: np.ndarray | None = None
     failures: list[Failure] = field(default_factory=list)
 
     @property
@@ -93,9 +102,12 @@ class ScoreTable:
             "converged",
             "max_residual",
             "n_products",
-            "seconds",
+            "batch_seconds",
+            "batch_size",
+            "input_norm",
         ]
-        return cols + (["lpr", "lpr_curve"] if self.lpr_curve is not None else [])
+        cols += ["lpr", "lpr_curve"] if self.lpr_curve is not None else []
+        return cols + (["logits"] if self.logits is not None else [])
 
     def rows(self) -> Iterator[dict[str, Any]]:
         """Each row as a dict (curves as lists), in table order."""
@@ -123,8 +135,11 @@ class ScoreTable:
             converged=self.converged[o],
             max_residual=self.max_residual[o],
             n_products=self.n_products[o],
-            seconds=self.seconds[o],
+            batch_seconds=self.batch_seconds[o],
+            batch_size=self.batch_size[o],
+            input_norm=self.input_norm[o],
             lpr_curve=None if self.lpr_curve is None else self.lpr_curve[o],
+            logits=None if self.logits is None else self.logits[o],
             failures=list(self.failures),
         )
 
@@ -142,6 +157,8 @@ class ScoreTable:
             return np.asarray([r[name] for r in rows], dtype=dtype).reshape(len(rows), *shape)
 
         has_lpr = bool(rows) and all("lpr_curve" in r for r in rows)
+        has_logits = bool(rows) and all(r.get("logits") is not None for r in rows)
+        n_logits = len(rows[0]["logits"]) if has_logits else 0
         return cls(
             ids=[str(r["id"]) for r in rows],
             index=col("index", np.int64),
@@ -150,8 +167,11 @@ class ScoreTable:
             converged=col("converged", bool),
             max_residual=col("max_residual", np.float64),
             n_products=col("n_products", np.int64),
-            seconds=col("seconds", np.float64),
+            batch_seconds=col("batch_seconds", np.float64),
+            batch_size=col("batch_size", np.int64),
+            input_norm=col("input_norm", np.float64),
             lpr_curve=col("lpr_curve", np.float64, (k,)) if has_lpr else None,
+            logits=col("logits", np.float64, (n_logits,)) if has_logits else None,
             failures=list(failures),
         )
 
@@ -159,15 +179,18 @@ class ScoreTable:
     def to_csv(self, path: str | os.PathLike[str]) -> None:
         """Write one row per sample (written to a temporary file, then renamed into place).
 
-        Columns: ``id, index, rpr, [lpr,] converged, max_residual, n_products, seconds,
-        rpr_1..rpr_k, sv_1..sv_k[, lpr_1..lpr_k]``. Floats are written exactly (``repr``).
+        Columns: ``id, index, rpr, [lpr,] converged, max_residual, n_products, batch_seconds,
+        batch_size, input_norm, rpr_1..rpr_k, sv_1..sv_k[, lpr_1..lpr_k][, logit_1..logit_C]``.
+        Floats are written exactly (``repr``).
         """
         k = self.k
         head = ["id", "index", "rpr"] + (["lpr"] if self.lpr_curve is not None else [])
-        head += ["converged", "max_residual", "n_products", "seconds"]
+        head += _SCALARS
         head += [f"rpr_{r}" for r in range(1, k + 1)] + [f"sv_{r}" for r in range(1, k + 1)]
         if self.lpr_curve is not None:
             head += [f"lpr_{r}" for r in range(1, k + 1)]
+        if self.logits is not None:
+            head += [f"logit_{c}" for c in range(1, self.logits.shape[1] + 1)]
         _atomic_write(path, lambda fh: self._write_csv(fh, head))
 
     def _write_csv(self, fh: Any, head: list[str]) -> None:
@@ -181,10 +204,13 @@ class ScoreTable:
                 int(self.converged[i]),
                 repr(float(self.max_residual[i])),
                 int(self.n_products[i]),
-                repr(float(self.seconds[i])),
+                repr(float(self.batch_seconds[i])),
+                int(self.batch_size[i]),
+                repr(float(self.input_norm[i])),
             ]
             curves = [self.rpr_curve, self.singular_values]
             curves += [self.lpr_curve] if self.lpr_curve is not None else []
+            curves += [self.logits] if self.logits is not None else []
             row += [repr(float(v)) for c in curves for v in c[i]]
             w.writerow(row)
 
@@ -244,8 +270,11 @@ class ScoreTable:
             converged=column("converged", 1).astype(bool),
             max_residual=column("max_residual", np.nan),
             n_products=column("n_products", 0).astype(np.int64),
-            seconds=column("seconds", np.nan),
+            batch_seconds=column("batch_seconds", np.nan),
+            batch_size=column("batch_size", 1).astype(np.int64),
+            input_norm=column("input_norm", np.nan),
             lpr_curve=curve("lpr_", "lpr"),
+            logits=curve("logit_", None),
         )
 
     def to_json(self, path: str | os.PathLike[str]) -> None:
@@ -270,15 +299,16 @@ class ScoreTable:
         cols: dict[str, Any] = {"id": self.ids, "index": self.index, "rpr": self.rpr}
         if self.lpr_curve is not None:
             cols["lpr"] = self.lpr_curve[:, -1]
-        for name in ("converged", "max_residual", "n_products", "seconds"):
+        for name in _SCALARS:
             cols[name] = getattr(self, name)
         for prefix, c in (
             ("rpr_", self.rpr_curve),
             ("sv_", self.singular_values),
             ("lpr_", self.lpr_curve),
+            ("logit_", self.logits),
         ):
             if c is not None:
-                cols.update({f"{prefix}{r + 1}": c[:, r] for r in range(self.k)})
+                cols.update({f"{prefix}{r + 1}": c[:, r] for r in range(c.shape[1])})
         return pd.DataFrame(cols)
 
 
@@ -288,9 +318,15 @@ _ROW_FIELDS = (
     "converged",
     "max_residual",
     "n_products",
-    "seconds",
+    "batch_seconds",
+    "batch_size",
+    "input_norm",
     "lpr_curve",
+    "logits",
 )
+_SCALARS = ["converged", "max_residual", "n_products", "batch_seconds", "batch_size", "input_norm"]
+#: outputs of at most this many values are kept in the table as ``logits`` (classifiers)
+MAX_LOGITS = 1024
 
 
 def _plain(v: Any) -> Any:
