@@ -6,6 +6,7 @@ import csv
 import dataclasses
 import json
 import os
+import secrets
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -176,30 +177,43 @@ class ScoreTable:
         )
 
     # -- files -------------------------------------------------------------------------------
-    def to_csv(self, path: str | os.PathLike[str]) -> None:
-        """Write one row per sample (written to a temporary file, then renamed into place).
+    def to_csv(self, path: str | os.PathLike[str], *, lpr_rank: int | None = None) -> None:
+        """Write one row per sample (written to a temporary file in the target's folder, then
+        renamed into place).
+
+        ``lpr_rank`` (``1 <= lpr_rank <= k``) puts the LPR at that rank in the summary column,
+        then named ``lpr_at_<rank>`` instead of ``lpr`` (e.g. the demo's LPR@3: with 10 classes,
+        LPR at rank 10 is always 1). The curve columns are unchanged.
 
         Columns: ``id, index, rpr, [lpr,] converged, max_residual, n_products, batch_seconds,
         batch_size, input_norm, rpr_1..rpr_k, sv_1..sv_k[, lpr_1..lpr_k][, logit_1..logit_C]``.
         Floats are written exactly (``repr``).
         """
         k = self.k
-        head = ["id", "index", "rpr"] + (["lpr"] if self.lpr_curve is not None else [])
+        if lpr_rank is not None and not (
+            isinstance(lpr_rank, int) and 1 <= lpr_rank <= k and self.lpr_curve is not None
+        ):
+            raise ValueError(
+                f"lpr_rank must satisfy 1 <= lpr_rank <= k = {k} on a table with LPR, got "
+                f"{lpr_rank!r}" + ("" if self.lpr_curve is not None else " (the table has no LPR)")
+            )
+        lpr_name = "lpr" if lpr_rank is None or lpr_rank == k else f"lpr_at_{lpr_rank}"
+        head = ["id", "index", "rpr"] + ([lpr_name] if self.lpr_curve is not None else [])
         head += _SCALARS
         head += [f"rpr_{r}" for r in range(1, k + 1)] + [f"sv_{r}" for r in range(1, k + 1)]
         if self.lpr_curve is not None:
             head += [f"lpr_{r}" for r in range(1, k + 1)]
         if self.logits is not None:
             head += [f"logit_{c}" for c in range(1, self.logits.shape[1] + 1)]
-        _atomic_write(path, lambda fh: self._write_csv(fh, head))
+        _atomic_write(path, lambda fh: self._write_csv(fh, head, (lpr_rank or k) - 1))
 
-    def _write_csv(self, fh: Any, head: list[str]) -> None:
+    def _write_csv(self, fh: Any, head: list[str], lpr_at: int = -1) -> None:
         w = csv.writer(fh, lineterminator="\n")
         w.writerow(head)
         for i in range(len(self)):
             row: list[Any] = [self.ids[i], int(self.index[i]), repr(float(self.rpr[i]))]
             if self.lpr_curve is not None:
-                row.append(repr(float(self.lpr_curve[i, -1])))
+                row.append(repr(float(self.lpr_curve[i, lpr_at])))
             row += [
                 int(self.converged[i]),
                 repr(float(self.max_residual[i])),
@@ -334,7 +348,29 @@ def _plain(v: Any) -> Any:
 
 
 def _atomic_write(path: str | os.PathLike[str], write: Callable[[Any], None]) -> None:
-    tmp = f"{os.fspath(path)}.tmp"
-    with open(tmp, "w", newline="") as fh:
-        write(fh)
-    os.replace(tmp, path)
+    """Write through a temporary file in the target's own folder, then rename it into place.
+
+    The rename is atomic, so readers see the old file or the whole new one; on any error the
+    temporary file is removed, and a target that is a folder is refused before anything is
+    written.
+
+    Raises:
+        IsADirectoryError: ``path`` is a folder.
+        OSError: the folder does not exist or cannot be written.
+    """
+    target = os.fspath(path)
+    if os.path.isdir(target):
+        raise IsADirectoryError(
+            f"cannot write {target}: it is a folder; give a file name, e.g. "
+            f"{os.path.join(target, 'scores.csv')}"
+        )
+    folder, name = os.path.split(os.path.abspath(target))
+    tmp = os.path.join(folder, f".{name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
+    try:
+        with open(tmp, "x", newline="") as fh:
+            write(fh)
+        os.replace(tmp, target)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
