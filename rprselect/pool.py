@@ -1,33 +1,27 @@
-"""Unlabeled pools: image files on disk, and one way to walk any pool sample by sample.
+"""Unlabeled pools, and one way to walk any pool sample by sample.
 
-:func:`load_pool` turns a folder or a glob of ``.npy``/``.npz``, PNG and NIfTI files into a
-:class:`FilePool`, a torch ``Dataset`` whose ids are the file names. :func:`iter_pool` walks a
-tensor, an array, a ``Dataset`` or a ``DataLoader`` and yields one :class:`PoolItem` per sample,
-so that :func:`~rprselect.scoring.score` treats them all alike.
-
-Layouts (every sample comes out channel-first, float32):
-
-- ``.npy``: the array as stored, read as ``(C, *spatial)``; a 2-D array gains a channel axis.
-- ``.npz``: the array under the key ``"image"``, else ``"x"``, else the first array; as ``.npy``.
-- ``.png``: grayscale ``(1, H, W)``, colour ``(3, H, W)`` (alpha dropped), values in ``[0, 1]``.
-- ``.nii``/``.nii.gz``: a 3-D volume becomes ``(1, X, Y, Z)``; a 4-D one with its channels last
-  becomes ``(C, X, Y, Z)``. Needs nibabel (``pip install 'rprselect[monai]'``).
+:func:`iter_pool` walks a tensor, an array, a ``Dataset``, a ``DataLoader`` or a
+:class:`FilePool` (image files on disk, from :func:`load_pool`; see :mod:`rprselect.pool_files`
+for the file layouts and stacked arrays) and yields one :class:`PoolItem` per sample, so that
+:func:`~rprselect.scoring.score` treats them all alike. Given the model, it refuses a pool
+whose samples have another rank than the model's first convolution takes (e.g. one sample
+without its batch dimension), with a message saying how the pool was read.
 """
 
 from __future__ import annotations
 
-import glob
 import math
-import os
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
-from torch import Tensor
-from torch.utils.data import DataLoader, Dataset
+from torch import Tensor, nn
+from torch.utils.data import BatchSampler, DataLoader, Dataset, IterableDataset, SequentialSampler
+
+from .pool_files import SUFFIXES, FilePool, PoolItemError, load_pool
+from .sample_spec import SampleSpec, sample_spec
 
 __all__ = [
     "FilePool",
@@ -39,25 +33,6 @@ __all__ = [
     "SUFFIXES",
 ]
 
-#: file endings :func:`load_pool` reads
-SUFFIXES: tuple[str, ...] = (".npy", ".npz", ".png", ".nii", ".nii.gz")
-
-
-class PoolItemError(ValueError):
-    """One sample of a pool could not be used (unreadable file, NaN, all zeros, bad shape).
-
-    Attributes:
-        item_id: the sample's id (its file name for a :class:`FilePool`).
-        index: its position in the pool.
-        reason: what went wrong, without the id.
-    """
-
-    def __init__(self, item_id: str, index: int, reason: str) -> None:
-        self.item_id = item_id
-        self.index = index
-        self.reason = reason
-        super().__init__(f"pool item {item_id!r} (index {index}): {reason}")
-
 
 @dataclass
 class PoolItem:
@@ -67,170 +42,6 @@ class PoolItem:
     id: str
     x: Tensor | None
     error: PoolItemError | None = None
-
-
-def _suffix(path: Path) -> str:
-    name = path.name.lower()
-    return ".nii.gz" if name.endswith(".nii.gz") else path.suffix.lower()
-
-
-def _channel_first(a: np.ndarray, what: str) -> np.ndarray:
-    if a.ndim < 2:
-        raise ValueError(f"{what} must have at least 2 dimensions, got shape {a.shape}")
-    return a[None] if a.ndim == 2 else a
-
-
-def _read_npy(path: Path) -> np.ndarray:
-    return _channel_first(np.load(path, allow_pickle=False), "a .npy array")
-
-
-def _read_npz(path: Path) -> np.ndarray:
-    with np.load(path, allow_pickle=False) as z:
-        keys = list(z.keys())
-        if not keys:
-            raise ValueError("the .npz archive holds no array")
-        key = next((k for k in ("image", "x") if k in keys), keys[0])
-        return _channel_first(z[key], f"array {key!r} of the .npz archive")
-
-
-def _read_png(path: Path) -> np.ndarray:
-    try:
-        from PIL import Image
-
-        with Image.open(path) as img:
-            a = np.asarray(img)
-        if a.dtype == np.bool_:
-            a = a.astype(np.float32)
-        elif a.dtype != np.float32:
-            scale = 65535.0 if a.dtype == np.uint16 else 255.0
-            a = a.astype(np.float32) / np.float32(scale)
-    except ImportError:  # no Pillow: matplotlib reads PNG itself
-        try:
-            import matplotlib.image as mpimg
-        except ImportError as err:
-            raise ImportError(
-                "reading PNG needs Pillow or matplotlib: pip install 'rprselect[extras]'"
-            ) from err
-        a = np.asarray(mpimg.imread(path), dtype=np.float32)
-    if a.ndim == 3:
-        a = a[..., :3] if a.shape[-1] in (3, 4) else a[..., :1]
-        a = np.moveaxis(a, -1, 0)
-    return _channel_first(a, "a PNG image")
-
-
-def _read_nifti(path: Path) -> np.ndarray:
-    try:
-        import nibabel as nib
-    except ImportError as err:
-        raise ImportError("reading NIfTI needs nibabel: pip install 'rprselect[monai]'") from err
-    a = np.asarray(nib.load(str(path)).get_fdata(dtype=np.float32))  # type: ignore[attr-defined]
-    if a.ndim == 4:
-        return np.moveaxis(a, -1, 0)
-    if a.ndim == 3:
-        return a[None]
-    raise ValueError(f"a NIfTI image must be 3-D or 4-D, got shape {a.shape}")
-
-
-_READERS: dict[str, Callable[[Path], np.ndarray]] = {
-    ".npy": _read_npy,
-    ".npz": _read_npz,
-    ".png": _read_png,
-    ".nii": _read_nifti,
-    ".nii.gz": _read_nifti,
-}
-
-
-class FilePool(Dataset):
-    """A pool of image files; ``pool[i]`` is the float32 ``(C, *spatial)`` tensor of file i.
-
-    Args:
-        paths: the files, in pool order. Their names (relative to ``root`` when given) are
-            the sample ids and must be unique.
-        root: the folder the ids are relative to.
-
-    Raises:
-        ValueError: no paths, an unsupported ending, or two files with the same id.
-    """
-
-    def __init__(self, paths: Sequence[str | Path], root: str | Path | None = None) -> None:
-        self.paths = [Path(p) for p in paths]
-        if not self.paths:
-            raise ValueError("pool must not be empty: paths is an empty list")
-        bad = [str(p) for p in self.paths if _suffix(p) not in _READERS]
-        if bad:
-            raise ValueError(f"pool files must end in one of {SUFFIXES}, got {bad[:3]}")
-        base = Path(root) if root is not None else None
-        self.ids = [str(p.relative_to(base)) if base else p.name for p in self.paths]
-        if len(set(self.ids)) != len(self.ids):
-            dup = sorted({i for i in self.ids if self.ids.count(i) > 1})
-            raise ValueError(
-                f"pool file names must be unique to serve as ids, got repeats {dup[:3]}"
-            )
-
-    def __len__(self) -> int:
-        return len(self.paths)
-
-    def __getitem__(self, index: int) -> Tensor:
-        """The sample of file ``index``.
-
-        Raises:
-            PoolItemError: the file is missing, truncated or corrupt, or holds NaN/Inf.
-            ImportError: the reader of this file type is not installed.
-        """
-        path = self.paths[index]
-        try:
-            a = _READERS[_suffix(path)](path)
-        except ImportError:
-            raise
-        except Exception as err:  # readers raise many types (OSError, EOFError, zlib.error,
-            # nibabel's ImageFileError, ...); all mean "this one file is unusable"
-            raise PoolItemError(
-                self.ids[index], index, f"cannot read {path}: {type(err).__name__}: {err}"
-            ) from err
-        if not np.issubdtype(a.dtype, np.number) or np.issubdtype(a.dtype, np.complexfloating):
-            raise PoolItemError(
-                self.ids[index], index, f"{path} holds dtype {a.dtype}, expected real numbers"
-            )
-        return torch.from_numpy(np.ascontiguousarray(a, dtype=np.float32))
-
-    def __repr__(self) -> str:
-        return f"FilePool({len(self)} files, first {self.ids[0]!r})"
-
-
-def load_pool(path_or_glob: str | Path | Sequence[str | Path]) -> FilePool:
-    """Collect the image files of a folder, a glob pattern or a list of paths.
-
-    A folder is searched recursively for the endings in :data:`SUFFIXES`; ids are then the
-    paths relative to it. Files are sorted by name, so the pool order is reproducible.
-
-    Args:
-        path_or_glob: a folder, a single file, a glob such as ``"scans/*.nii.gz"``, or a list
-            of files.
-
-    Returns:
-        A :class:`FilePool`; files are read only when indexed.
-
-    Raises:
-        FileNotFoundError: nothing matches.
-        ValueError: a matched file has an unsupported ending.
-    """
-    if not isinstance(path_or_glob, (str, Path)):
-        return FilePool(list(path_or_glob))
-    p = Path(path_or_glob)
-    if p.is_dir():
-        files = sorted(f for f in p.rglob("*") if f.is_file() and _suffix(f) in _READERS)
-        if not files:
-            raise FileNotFoundError(f"pool folder {p} holds no file ending in {SUFFIXES}")
-        return FilePool(files, root=p)
-    if p.is_file():
-        return FilePool([p])
-    matches = sorted(Path(m) for m in glob.glob(os.fspath(p), recursive=True))
-    files = [m for m in matches if m.is_file()]
-    if not files:
-        raise FileNotFoundError(
-            f"pool path {str(p)!r} is neither a folder, a file nor a glob that matches any file"
-        )
-    return FilePool(files)
 
 
 # -- walking any pool --------------------------------------------------------------------------
@@ -277,6 +88,8 @@ def iter_pool(
     ids: Sequence[str] | None = None,
     image_key: str = "image",
     skip: Callable[[str], bool] | None = None,
+    *,
+    model: nn.Module | None = None,
 ) -> Iterator[PoolItem]:
     """Yield every sample of a pool as a :class:`PoolItem`, in pool order.
 
@@ -288,11 +101,22 @@ def iter_pool(
         image_key: the key of the image in dict items.
         skip: ``skip(id)`` true means the sample is not loaded (``x`` is ``None``), e.g. because
             a cache already holds it. DataLoader batches are loaded regardless.
+        model: the network; when its first convolution tells how many dimensions a sample has
+            (:func:`~rprselect.sample_spec.sample_spec`), a tensor pool of another rank is
+            refused (e.g. one sample without its batch dimension) and an item of another rank
+            gets an ``error``.
 
     Yields:
-        Items whose ``error`` is set when a :class:`FilePool` file could not be read.
+        Items whose ``error`` is set when a :class:`FilePool` file could not be read, or an
+        item does not have the model's sample rank.
+
+    Raises:
+        ValueError: a DataLoader that shuffles, samples or drops samples (the ids would not
+            match the samples), or a tensor pool of the wrong rank for ``model``.
+        TypeError: a pool of another type.
     """
     n = pool_size(pool)
+    spec = sample_spec(model) if model is not None else None
     if ids is None and isinstance(pool, FilePool):
         ids = pool.ids
     if ids is not None:
@@ -310,16 +134,19 @@ def iter_pool(
         return ids[i]
 
     if isinstance(pool, DataLoader):
+        _check_loader(pool)
         i = 0
         for b, batch in enumerate(pool):
             X = _as_tensor(batch, image_key, f"batch {b} of the DataLoader")
             for x in X:
                 sid = name(i)
-                yield PoolItem(i, sid, None if skip and skip(sid) else x)
+                yield _with_rank_check(PoolItem(i, sid, None if skip and skip(sid) else x), spec)
                 i += 1
         return
     if isinstance(pool, np.ndarray):
         pool = torch.from_numpy(np.ascontiguousarray(pool))
+    if isinstance(pool, Tensor) and spec is not None:
+        _check_tensor_pool(tuple(pool.shape), spec)
     if not isinstance(pool, (Tensor, Dataset)):
         raise TypeError(
             f"pool must be a tensor, an ndarray, a torch Dataset or a DataLoader, "
@@ -340,7 +167,66 @@ def iter_pool(
         except PoolItemError as err:
             yield PoolItem(i, sid, None, err)
             continue
-        yield PoolItem(i, sid, _as_tensor(item, image_key, f"pool item {i}"))
+        yield _with_rank_check(
+            PoolItem(i, sid, _as_tensor(item, image_key, f"pool item {i}")), spec
+        )
+
+
+def _check_loader(loader: DataLoader) -> None:
+    """Refuse a DataLoader whose samples do not come in dataset order, or not all of them:
+    samples are numbered in iteration order, so their ids would be wrong."""
+    if isinstance(loader.dataset, IterableDataset):
+        return  # its own order is the pool order
+    how = "a DataLoader must yield the dataset in order, all of it, for the ids to match"
+    fix = "pass DataLoader(dataset, shuffle=False), or the Dataset itself"
+    if not isinstance(loader.sampler, SequentialSampler):
+        name = type(loader.sampler).__name__
+        why = " (shuffle=True)" if name == "RandomSampler" else ""
+        raise ValueError(
+            f"pool is a DataLoader with a {name}{why}: samples would be numbered in a "
+            f"shuffled order and every score would get another sample's id; {how}: {fix}"
+        )
+    bs = loader.batch_sampler
+    if bs is not None and not (
+        isinstance(bs, BatchSampler) and isinstance(bs.sampler, SequentialSampler)
+    ):
+        raise ValueError(
+            f"pool is a DataLoader with the batch_sampler {type(bs).__name__}, which may reorder "
+            f"samples; {how}: {fix}"
+        )
+    if loader.drop_last:
+        raise ValueError(
+            f"pool is a DataLoader with drop_last=True: the last incomplete batch would be "
+            f"lost without a trace; {how}: pass drop_last=False"
+        )
+
+
+def _check_tensor_pool(shape: tuple[int, ...], spec: SampleSpec) -> None:
+    if len(shape) == spec.ndim + 1:
+        return
+    n = shape[0] if shape else 0
+    tried = (
+        f"pool of shape {shape} was read as {n} sample{'s' if n != 1 else ''} of shape "
+        f"{shape[1:]} ({len(shape) - 1} dims), but {spec.describe()}, so a pool must be "
+        f"{spec.batch()} ({spec.ndim + 1} dims)"
+    )
+    if len(shape) != spec.ndim:
+        raise ValueError(tried)
+    one = "one sample without its batch dimension: pass x[None] (x.unsqueeze(0))"
+    many = f"{n} samples without their channel axis: pass x[:, None] (x.unsqueeze(1))"
+    if spec.channels is not None and n == spec.channels:
+        raise ValueError(f"{tried}; it looks like {one}")
+    if spec.channels == 1:
+        raise ValueError(f"{tried}; it looks like {many}")
+    raise ValueError(f"{tried}; if it is {one}; if it is {many}")
+
+
+def _with_rank_check(item: PoolItem, spec: SampleSpec | None) -> PoolItem:
+    x = item.x
+    if spec is None or x is None or x.dim() == spec.ndim:
+        return item
+    reason = f"has shape {tuple(x.shape)} ({x.dim()} dims), but {spec.describe()}"
+    return PoolItem(item.index, item.id, None, PoolItemError(item.id, item.index, reason))
 
 
 def check_item(item: PoolItem, shape: tuple[int, ...] | None) -> PoolItemError | None:
