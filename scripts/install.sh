@@ -58,4 +58,14 @@ if [[ ",$EXTRAS," == *",all,"* || ",$EXTRAS," == *",modal,"* ]]; then
     # modAL 0.4.2.1 pins skorch==0.9.0 (pre torch 2); its code works with current skorch.
     pip install --no-deps "modAL-python==0.4.2.1"
 fi
+if [[ ",$EXTRAS," == *",all,"* || ",$EXTRAS," == *",monailabel,"* ]]; then
+    # monailabel 0.8.5 pins numpymaxflow and pydicom-seg (numpy<2), which cannot resolve beside
+    # monai 1.6 and numpy 2; the extra "monailabel" installed what it imports for the datastore,
+    # the app and the REST server. pydicom-seg 0.4.1 imports with pydicom<3 (pinned there).
+    pip install --no-deps "monailabel==0.8.5" "pydicom-seg==0.4.1"
+fi
+if [[ ",$EXTRAS," == *",all,"* || ",$EXTRAS," == *",baal,"* ]]; then
+    # baal 2.1.0 requires jupyter; its heuristics need only what the extra "baal" installed.
+    pip install --no-deps "baal==2.1.0"
+fi
 echo "$want" > "$STAMP"
