@@ -109,7 +109,8 @@ def select(
 
     Raises:
         ValueError: ``n`` outside ``[1, len(scores)]``, an unknown strategy, bad ``alpha``,
-            ``candidates < 1`` or features of the wrong length.
+            ``candidates < 1``, features of the wrong length, or a NaN/infinite RPR or a
+            repeated id in ``scores`` (:meth:`ScoreTable.check_rankable`).
         TypeError: ``scores`` is not a ScoreTable or ``n`` is not an int.
     """
     if not isinstance(scores, ScoreTable):
@@ -119,6 +120,7 @@ def select(
     N = len(scores)
     if not 1 <= n <= N:
         raise ValueError(f"n must satisfy 1 <= n <= pool size = {N}, got {n}")
+    scores.check_rankable()  # NaN/inf RPR or repeated ids: a clear ValueError naming them
     if strategy not in ("lowest", "diverse"):
         raise ValueError(f"strategy must be 'lowest' or 'diverse', got {strategy!r}")
     if not 0.0 <= alpha <= 1.0:

@@ -7,6 +7,7 @@ import dataclasses
 import json
 import os
 import secrets
+from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -144,6 +145,25 @@ class ScoreTable:
             failures=list(self.failures),
         )
 
+    def check_rankable(self) -> None:
+        """Raise ``ValueError`` when the table cannot be ranked or selected from: an RPR that is
+        NaN or infinite (it would sort last and never be proposed), or an id that appears more
+        than once (a proposal would not say which sample it means). Both messages name ids.
+        """
+        bad = [self.ids[i] for i in np.flatnonzero(~np.isfinite(self.rpr))]
+        if bad:
+            shown = ", ".join(bad[:5]) + (", ..." if len(bad) > 5 else "")
+            raise ValueError(
+                f"scores must hold a finite rpr for every row, got {len(bad)} NaN or infinite "
+                f"value(s) for ids {shown}"
+            )
+        dup = sorted(i for i, c in Counter(self.ids).items() if c > 1)
+        if dup:
+            shown = ", ".join(dup[:5]) + (", ..." if len(dup) > 5 else "")
+            raise ValueError(
+                f"scores must have unique ids, got {len(dup)} id(s) on more than one row: {shown}"
+            )
+
     def ranked(self) -> ScoreTable:
         """Rows by ascending RPR at rank k (most likely to fail first); ties keep pool order."""
         return self.take(np.argsort(self.rpr, kind="stable"))
@@ -205,7 +225,7 @@ class ScoreTable:
             head += [f"lpr_{r}" for r in range(1, k + 1)]
         if self.logits is not None:
             head += [f"logit_{c}" for c in range(1, self.logits.shape[1] + 1)]
-        _atomic_write(path, lambda fh: self._write_csv(fh, head, (lpr_rank or k) - 1))
+        atomic_write(path, lambda fh: self._write_csv(fh, head, (lpr_rank or k) - 1))
 
     def _write_csv(self, fh: Any, head: list[str], lpr_at: int = -1) -> None:
         w = csv.writer(fh, lineterminator="\n")
@@ -298,7 +318,7 @@ class ScoreTable:
             "rows": list(self.rows()),
             "failures": [dataclasses.asdict(f) for f in self.failures],
         }
-        _atomic_write(path, lambda fh: json.dump(data, fh, indent=1))
+        atomic_write(path, lambda fh: json.dump(data, fh, indent=1))
 
     def to_pandas(self) -> Any:
         """A ``pandas.DataFrame`` with the CSV's columns.
@@ -347,7 +367,7 @@ def _plain(v: Any) -> Any:
     return v.tolist() if isinstance(v, np.ndarray | np.generic) else v
 
 
-def _atomic_write(path: str | os.PathLike[str], write: Callable[[Any], None]) -> None:
+def atomic_write(path: str | os.PathLike[str], write: Callable[[Any], None]) -> None:
     """Write through a temporary file in the target's own folder, then rename it into place.
 
     The rename is atomic, so readers see the old file or the whole new one; on any error the
