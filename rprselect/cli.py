@@ -1,20 +1,21 @@
 """The ``rprselect`` command: ``demo``, ``score``, ``select`` and ``bench NAME``.
 
-User errors (bad options, missing files, unreadable checkpoints, missing extras) end as one line
-``rprselect: error: ...`` on stderr with exit code 2 and no traceback; set ``RPRSELECT_DEBUG=1``
-to see the traceback instead.
+Exit codes: 0 success; 1 ``score`` finished but samples failed (more than ``--max-failures``,
+default 0; ``--allow-failures`` accepts any number); 2 a user error (bad options, missing or
+unwritable files, unreadable checkpoints, missing extras, or no command: the help is printed),
+which ends as one line ``rprselect: error: ...`` on stderr and no traceback; 130 interrupted.
+Set ``RPRSELECT_DEBUG=1`` to see the traceback instead, and every warning: otherwise only
+rprselect's own warnings are shown, once each.
 """
 
 from __future__ import annotations
 
 import argparse
-import csv
 import importlib
 import os
 import pickle
 import re
 import sys
-import warnings
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -45,11 +46,13 @@ def load_weights(path: str | Path) -> dict[str, torch.Tensor]:
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"weights file {path} does not exist")
+    if path.stat().st_size == 0:
+        raise CheckpointError(f"cannot read checkpoint {path}: the file is empty (0 bytes)")
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as err:
         m = re.search(r"WeightsUnpickler error: (.*)", str(err))
-        why = m.group(1) if m else str(err).splitlines()[0]
+        why = m.group(1) if m else _first_line(err)
         why = why.split(" was not an allowed")[0].split(". Please")[0]
         raise CheckpointError(
             f"cannot load {path} with torch.load(weights_only=True): it holds Python objects "
@@ -57,7 +60,7 @@ def load_weights(path: str | Path) -> dict[str, torch.Tensor]:
             "torch.save(model.state_dict(), path)"
         ) from err
     except (RuntimeError, EOFError, OSError) as err:
-        raise CheckpointError(f"cannot read checkpoint {path}: {str(err).splitlines()[0]}") from err
+        raise CheckpointError(f"cannot read checkpoint {path}: {_first_line(err)}") from err
     if isinstance(obj, dict):
         for key in ("state_dict", "model"):
             if isinstance(obj.get(key), dict):
@@ -70,9 +73,50 @@ def load_weights(path: str | Path) -> dict[str, torch.Tensor]:
     return obj
 
 
+def _first_line(err: BaseException) -> str:
+    lines = str(err).strip().splitlines()
+    return lines[0] if lines else type(err).__name__
+
+
+def unwrap_state_dict(
+    state: dict[str, torch.Tensor], expected: Sequence[str]
+) -> tuple[dict[str, torch.Tensor], str]:
+    """The entries of ``state`` that fit a model with the parameter names ``expected``.
+
+    Checkpoints of wrapped models prefix every name: ``module.`` (``DataParallel``, DDP),
+    ``_orig_mod.`` (``torch.compile``), or the attribute the network had in a Lightning module
+    (``model.``, ``net.``, ..., next to entries of other submodules such as a loss). When the
+    names do not match as they are, the entries under one prefix (or two nested ones) whose
+    names, stripped, are exactly ``expected`` are taken.
+
+    Returns:
+        The state dict to load and the prefix stripped (``""`` when none was).
+    """
+    want = set(expected)
+
+    def search(
+        st: dict[str, torch.Tensor], prefix: str, depth: int
+    ) -> tuple[dict[str, torch.Tensor], str] | None:
+        if set(st) == want:
+            return st, prefix
+        if depth == 0:
+            return None
+        for head in sorted({k.split(".", 1)[0] + "." for k in st if "." in k}):
+            sub = {k[len(head) :]: v for k, v in st.items() if k.startswith(head)}
+            hit = search(sub, prefix + head, depth - 1)
+            if hit is not None:
+                return hit
+        return None
+
+    return search(state, "", 2) or (state, "")
+
+
 def _apply_weights(model: nn.Module, path: str | Path) -> None:
+    state, prefix = unwrap_state_dict(load_weights(path), list(model.state_dict()))
+    if prefix:
+        print(f"rprselect: weights: took the entries under {prefix!r} of {path}", file=sys.stderr)
     try:
-        model.load_state_dict(load_weights(path))
+        model.load_state_dict(state)
     except RuntimeError as err:  # missing/unexpected keys, shape mismatch
         raise CheckpointError(
             f"weights {path} do not fit the model: {' '.join(str(err).split())[:500]}"
@@ -166,56 +210,9 @@ def _roi(text: str | None) -> tuple[int, ...] | None:
 
 
 def _cmd_score(args: argparse.Namespace) -> int:
-    from .distributed import is_distributed_launch, is_main_rank
-    from .pool import load_pool
-    from .scoring import score
+    from .cli_score import run_score
 
-    model = load_bundle(args.bundle) if args.bundle else load_model(args.model, args.weights)
-    pool = load_pool(args.pool)
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        table = score(
-            model,
-            pool,
-            k=args.k,
-            tol=args.tol,
-            solver=args.solver,
-            device=args.device,
-            batch_size=args.batch_size,
-            cache=args.cache,
-            progress=args.progress,
-            method=args.method,
-            roi_size=_roi(args.roi_size),
-            distributed=is_distributed_launch(),
-        )
-    if not is_main_rank():  # under torchrun, rank 0 reports and writes the table
-        return 0
-    for w in caught:
-        print(f"rprselect: warning: {_one_line(w.message)}", file=sys.stderr)
-    if len(table) == 0:
-        raise ValueError(
-            f"no sample of {args.pool} could be scored ({len(table.failures)} "
-            "failures, listed above)"
-        )
-    ranked = table.ranked()
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    ranked.to_csv(out)
-    print(
-        f"scored {len(table)} samples (k={table.k}, {int((~table.converged).sum())} not "
-        f"converged, {len(table.failures)} failed); wrote {out}"
-    )
-    if table.failures:
-        failed = out.with_name(out.stem + ".failures.csv")
-        with open(failed, "w", newline="") as fh:
-            writer = csv.writer(fh, lineterminator="\n")
-            writer.writerow(["id", "index", "reason"])
-            writer.writerows([f.id, f.index, f.reason] for f in table.failures)
-        print(f"failures: {failed}")
-    print("lowest RPR:")
-    for i in range(min(5, len(ranked))):
-        print(f"  {ranked.ids[i]}  {ranked.rpr[i]:.4f}")
-    return 0
+    return run_score(args)
 
 
 def _cmd_select(args: argparse.Namespace) -> int:
@@ -345,16 +342,65 @@ def build_parser(argv: Sequence[str] = ()) -> argparse.ArgumentParser:
     src.add_argument(
         "--bundle", help="a MONAI bundle folder (configs/inference.json, models/model.pt)"
     )
-    sc.add_argument("--weights", help="state dict for --model (loaded with weights_only=True)")
+    wts = sc.add_mutually_exclusive_group()
+    wts.add_argument(
+        "--weights",
+        help="state dict for --model (loaded with weights_only=True; the 'module.' prefix of "
+        "DataParallel/DDP and Lightning's 'state_dict' with 'model.' are unwrapped)",
+    )
+    wts.add_argument(
+        "--no-weights",
+        action="store_true",
+        help="score --model as its factory returns it, without the warning that no --weights "
+        "were given",
+    )
     sc.add_argument("--pool", required=True, help="folder, file or glob of images")
-    sc.add_argument("--out", required=True, help="CSV file to write")
+    sc.add_argument(
+        "--stacked",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="read every .npy/.npz file as a stack of samples (N, C, *spatial) with ids "
+        "file.npy:0, ... (default: when the array has one dimension more than the model's "
+        "first convolution takes)",
+    )
+    sc.add_argument(
+        "--out", required=True, help="CSV file to write (checked before scoring starts)"
+    )
     sc.add_argument("--k", type=int, default=10, help="singular triplets (default: 10)")
     sc.add_argument("--tol", type=float, default=1e-4, help="solver tolerance (default: 1e-4)")
-    sc.add_argument("--solver", default="auto", choices=["auto", "dense", "lanczos", "slepc"])
-    sc.add_argument("--method", default="auto", choices=["auto", "adjoint", "autograd"])
-    sc.add_argument("--device", default="cpu", help="torch device (default: cpu)")
+    sc.add_argument(
+        "--solver",
+        default="auto",
+        choices=["auto", "dense", "lanczos", "slepc"],
+        help="truncated SVD backend: dense builds A[x] explicitly (LAPACK; min(m, n) "
+        "products, fast for small outputs such as classifiers), lanczos is the batched block "
+        "Lanczos in torch, slepc the paper's SLEPc cross solver (extra 'slepc'); auto picks "
+        "dense when min(m, n) <= max(64, 2k), else lanczos (default: auto)",
+    )
+    sc.add_argument(
+        "--method",
+        default="auto",
+        choices=["auto", "adjoint", "autograd"],
+        help="how A[x] is applied: adjoint uses the explicit Adjoint CNN (bias-free conv, "
+        "ReLU, pooling, upsampling, skips), autograd the Jacobian by torch.func for any "
+        "model; auto tries adjoint and falls back to autograd with a warning (default: auto)",
+    )
+    sc.add_argument("--device", default="cpu", help="torch device, e.g. cuda (default: cpu)")
     sc.add_argument("--batch-size", type=int, default=None, help="samples per batch")
     sc.add_argument("--cache", help="JSON Lines cache to resume from and append to")
+    fails = sc.add_mutually_exclusive_group()
+    fails.add_argument(
+        "--max-failures",
+        type=_count,
+        default=0,
+        metavar="N",
+        help="exit with code 1 when more than N samples could not be scored (default: 0)",
+    )
+    fails.add_argument(
+        "--allow-failures",
+        action="store_true",
+        help="exit with code 0 however many samples could not be scored",
+    )
     sc.add_argument("--roi-size", help="sliding-window size, e.g. 64,64,64")
     sc.add_argument(
         "--progress",
@@ -392,6 +438,16 @@ def _doc_line(name: str) -> str:
     }[name]
 
 
+def _count(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = -1
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be an integer >= 0, got {text!r}")
+    return value
+
+
 def _one_line(message: object) -> str:
     return " ".join(str(message).split())
 
@@ -400,6 +456,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Run the ``rprselect`` command line; returns the exit code."""
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = build_parser(argv)
+    if not argv:  # a bare `rprselect`: the help, and exit code 2 since nothing was done
+        parser.print_help()
+        return 2
     try:
         args, extra = parser.parse_known_args(argv)
         if extra and not getattr(args, "accepts_extra", False):
