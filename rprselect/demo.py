@@ -251,7 +251,9 @@ def _write_files(
     lpr_rank: int,
 ) -> dict[str, Path]:
     files = {"scores": out / "scores.csv", "proposals": out / "proposals.csv"}
-    table.ranked().to_csv(files["scores"])
+    # the summary LPR column at the rank the console and proposals.csv use (lpr_at_3), not k
+    lpr_at = lpr_rank if table.lpr_curve is not None else None
+    table.ranked().to_csv(files["scores"], lpr_rank=lpr_at)
     pos = {int(i): j for j, i in enumerate(table.index)}
     with open(files["proposals"], "w") as fh:
         fh.write(f"rank,id,index,digit,predicted,rpr,lpr_{lpr_rank}\n")
