@@ -17,6 +17,7 @@ from .metrics import label_logits, lpr, rank_k_logits, rpr
 from .operator import LinearOperator, check_adjoint
 from .scoring import score
 from .select import RPRSelector, Selection, select
+from .settings import ScoreSettings
 from .sliding import sliding_window_operator
 from .solvers import NotConvergedWarning, SolverConfig, SVDResult, svd, svd_batch
 from .table import ScoreTable
@@ -45,6 +46,7 @@ __all__ = [
     "rank_k_logits",
     # scoring a pool and choosing what to label
     "score",
+    "ScoreSettings",
     "ScoreTable",
     "select",
     "Selection",

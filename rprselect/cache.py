@@ -1,12 +1,20 @@
 """A resumable, append-only cache of per-sample scores (JSON Lines).
 
-The first line is a header holding a *fingerprint* of everything the scores depend on: a hash
-of the model's weights and the scoring settings (k, tol, solver, method, ...). Each further line
-is one finished sample. A batch of rows is written with a single ``write`` followed by
-``fsync``, so a run killed at any moment leaves every earlier batch intact; a half-written last
-line (killed mid-write) is dropped when the cache is reopened. Reopening with a different
-fingerprint raises ``ValueError`` instead of reusing stale scores: delete the file or choose
-another path.
+The first line is a header holding a *fingerprint* of everything the scores depend on
+(:meth:`~rprselect.ScoreSettings.fingerprint`: a hash of the model's weights, the labels and
+the scoring settings). Each further line is one finished sample, keyed by its id *and* a hash
+of its content (:func:`~rprselect.settings.content_hash`): a row is reused only for a sample
+whose id and content both match, and a sample whose content changed is scored again, its new
+row appended after the stale one (the last row of an id wins).
+
+A pool scored by several processes keeps one file per rank (:func:`rank_cache_path`); every
+driver reads the base file and all its rank files (:func:`read_all`), so a cache written by a
+single process resumes under torchrun and the other way round.
+
+A batch of rows is written with a single ``write`` followed by ``fsync``, so a run killed at
+any moment leaves every earlier batch intact; a half-written last line (killed mid-write) is
+dropped when the cache is reopened. Reopening with a different fingerprint raises
+``ValueError`` instead of reusing stale scores: delete the file or choose another path.
 """
 
 from __future__ import annotations
@@ -21,10 +29,10 @@ from typing import Any
 import torch
 from torch import nn
 
-__all__ = ["ScoreCache", "weights_hash", "FORMAT"]
+__all__ = ["ScoreCache", "weights_hash", "FORMAT", "rank_cache_path", "read_all"]
 
 #: written in the header; bump when the row layout changes
-FORMAT = "rprselect-score-cache/1"
+FORMAT = "rprselect-score-cache/2"
 
 
 def weights_hash(model: nn.Module) -> str:
@@ -78,14 +86,18 @@ class ScoreCache:
     def append(self, rows: Iterable[Mapping[str, Any]]) -> None:
         """Add finished samples, durably: one write, then flush and fsync.
 
+        A row for an id already cached replaces it only with another ``content`` (the sample
+        changed); the same id and content twice is a bug in the caller.
+
         Raises:
-            ValueError: a row without an ``"id"``, or an id already cached.
+            ValueError: a row without an ``"id"``, or an id already cached with that content.
         """
         batch = [dict(r) for r in rows]
         for r in batch:
             if "id" not in r:
                 raise ValueError("every cache row must have an 'id'")
-            if r["id"] in self.rows:
+            old = self.rows.get(str(r["id"]))
+            if old is not None and old.get("content") == r.get("content"):
                 raise ValueError(f"sample {r['id']!r} is already in the cache {self.path}")
         if not batch:
             return
@@ -137,12 +149,12 @@ class ScoreCache:
             self.rows[str(row["id"])] = row
 
     def _check(self, stored: Mapping[str, Any]) -> None:
-        keys = sorted(set(stored) | set(self.fingerprint))
-        diff = [k for k in keys if stored.get(k) != self.fingerprint.get(k)]
+        old, new = _flat(stored), _flat(self.fingerprint)
+        keys = sorted(set(old) | set(new))
+        diff = [k for k in keys if old.get(k) != new.get(k)]
         if diff:
             shown = "; ".join(
-                f"{k}: cached {_short(stored.get(k))}, now {_short(self.fingerprint.get(k))}"
-                for k in diff
+                f"{k}: cached {_short(old.get(k))}, now {_short(new.get(k))}" for k in diff
             )
             raise ValueError(
                 f"cache {self.path} was written for another model or other "
@@ -151,6 +163,55 @@ class ScoreCache:
             )
 
 
+def _flat(fp: Mapping[str, Any]) -> dict[str, Any]:
+    """Nested fields (the ``settings`` of a fingerprint) brought up one level, by name."""
+    out: dict[str, Any] = {}
+    for k, v in fp.items():
+        if isinstance(v, Mapping) and k == "settings":
+            out.update(v)
+        else:
+            out[k] = v
+    return out
+
+
 def _short(v: Any) -> str:
     s = json.dumps(v)
     return s[:12] + "..." if isinstance(v, str) and len(s) > 16 else s
+
+
+def rank_cache_path(cache: str | os.PathLike[str], rank: int) -> Path:
+    """The cache file of ``rank``: ``scores.cache.jsonl`` -> ``scores.cache.rank3.jsonl``."""
+    p = Path(cache)
+    if p.suffix:
+        return p.with_name(f"{p.stem}.rank{rank}{p.suffix}")
+    return p.with_name(f"{p.name}.rank{rank}")
+
+
+def cache_files(cache: str | os.PathLike[str]) -> dict[int, Path]:
+    """Every existing rank file of ``cache``, by rank."""
+    p = Path(cache)
+    head, _, tail = rank_cache_path(p, 0).name.rpartition(".rank0")
+    found: dict[int, Path] = {}
+    for f in p.parent.glob(f"{head}.rank*{tail}"):
+        r = f.name[len(head) + 5 : len(f.name) - len(tail)]
+        if r.isdigit():
+            found[int(r)] = f
+    return found
+
+
+def read_all(
+    cache: str | os.PathLike[str], fingerprint: Mapping[str, Any], skip: Path | None = None
+) -> dict[tuple[str, str], dict[str, Any]]:
+    """The rows of ``cache`` and of all its rank files (except ``skip``), by (id, content).
+
+    Raises:
+        ValueError: any of them was written for another model or other settings.
+    """
+    rows: dict[tuple[str, str], dict[str, Any]] = {}
+    paths = [Path(cache), *(f for _, f in sorted(cache_files(cache).items()))]
+    for path in paths:
+        if path == skip or not path.exists() or path.stat().st_size == 0:
+            continue
+        for sid, row in ScoreCache(path, fingerprint).rows.items():
+            rows.setdefault((sid, str(row.get("content"))), row)
+    return rows

@@ -16,7 +16,6 @@ any rank before it was killed and rescores only the rest.
 from __future__ import annotations
 
 import atexit
-import dataclasses
 import hashlib
 import json
 import logging
@@ -24,11 +23,9 @@ import os
 import sys
 import time
 import uuid
-import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 import torch
@@ -42,14 +39,26 @@ from torch.utils.data import (
     default_convert,
 )
 
-from .cache import ScoreCache, weights_hash
+from .cache import ScoreCache, rank_cache_path, read_all
+from .engine import (
+    Engine,
+    batch_for,
+    labels_array,
+    model_device,
+    progress_bar,
+    records_failures,
+    score_group,
+    settings_from,
+    warn_summary,
+)
 from .linearize import Method
-from .pool import FilePool, PoolItem, check_item, iter_pool, pool_size
-from .scoring import default_batch_size, score
-from .solvers import NotConvergedWarning, SolverConfig
+from .pool import PoolItem, check_item, iter_pool, pool_size
+from .settings import DEFAULT_K, Errors, ScoreSettings, content_hash
+from .solvers import SolverConfig
 from .table import Failure, ScoreTable
 
 __all__ = [
+    "score",
     "score_distributed",
     "DistributedScoreTable",
     "RankStats",
@@ -84,13 +93,13 @@ class DistributedScoreTable(ScoreTable):
 
     Attributes:
         world_size: number of ranks.
-        batch_size: samples per work unit.
+        unit_size: samples per work unit.
         ranks: per-rank :class:`RankStats`, by rank.
         wall_seconds: from the first claim to the merged table, on this rank.
     """
 
     world_size: int = 1
-    batch_size: int = 1
+    unit_size: int = 1
     ranks: list[RankStats] = field(default_factory=list)
     wall_seconds: float = 0.0
 
@@ -106,7 +115,7 @@ class DistributedScoreTable(ScoreTable):
         ]
         return (
             f"scored {len(self)} samples on {self.world_size} ranks in {self.wall_seconds:.2f} s "
-            f"(batch {self.batch_size}, busy max/mean {imbalance:.3f}); " + "; ".join(parts)
+            f"(unit {self.unit_size}, busy max/mean {imbalance:.3f}); " + "; ".join(parts)
         )
 
 
@@ -123,26 +132,6 @@ def is_main_rank() -> bool:
     if dist.is_available() and dist.is_initialized():
         return dist.get_rank() == 0
     return int(os.environ.get("RANK", "0")) == 0
-
-
-def rank_cache_path(cache: str | os.PathLike[str], rank: int) -> Path:
-    """The cache file of ``rank``: ``scores.cache.jsonl`` -> ``scores.cache.rank3.jsonl``."""
-    p = Path(cache)
-    if p.suffix:
-        return p.with_name(f"{p.stem}.rank{rank}{p.suffix}")
-    return p.with_name(f"{p.name}.rank{rank}")
-
-
-def _cache_files(cache: str | os.PathLike[str]) -> dict[int, Path]:
-    """Every existing rank cache of ``cache``, by rank."""
-    p = Path(cache)
-    head, _, tail = rank_cache_path(p, 0).name.rpartition(".rank0")
-    found: dict[int, Path] = {}
-    for f in p.parent.glob(f"{head}.rank*{tail}"):
-        r = f.name[len(head) + 5 : len(f.name) - len(tail)]
-        if r.isdigit():
-            found[int(r)] = f
-    return found
 
 
 class _Group:
@@ -230,53 +219,51 @@ class _Job:
 
     pool: Any
     names: list[str]
-    image_key: str
-    shape: tuple[int, ...] | None  # of the first usable sample: every other must match
-    first: int  # its position; samples before it are checked without a shape, as score() does
+    settings: ScoreSettings
+    engine: Engine
+    device: torch.device
+    dtype: torch.dtype
     size: int  # samples per unit
     record: bool
-    lab: np.ndarray | None
-    kwargs: dict[str, Any]  # for score(), one batch per call
+    known: dict[tuple[str, str], dict[str, Any]]  # (id, content) -> row, from every cache
 
 
-def _score_unit(job: _Job, positions: Sequence[int]) -> tuple[list[dict[str, Any]], list[Failure]]:
-    """Score the samples at ``positions`` (one unit, less its cached samples) as one batch."""
-    good: list[PoolItem] = []
+def _score_unit(
+    job: _Job, positions: Sequence[int]
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]], list[Failure]]:
+    """Score the samples at ``positions`` (one unit): rows from the caches where id and
+    content match, the rest grouped by shape through the engine. Returns the new rows, the
+    cached rows and the failures."""
+    cached: list[dict[str, Any]] = []
     failures: list[Failure] = []
-    for it in _load(job.pool, positions, job.names, job.image_key):
-        shape = job.shape if it.index > job.first else None
-        err = it.error or check_item(it, shape if job.kwargs["roi_size"] is None else None)
+    groups: dict[tuple[int, ...], list[PoolItem]] = {}
+    for it in _load(job.pool, positions, job.names, job.settings.image_key):
+        err = it.error or check_item(it, None)
         if err is not None:
             if not job.record:
                 raise err
             failures.append(Failure(it.id, it.index, err.reason))
+            continue
+        assert it.x is not None
+        hit = job.known.get((it.id, content_hash(it.x)))
+        if hit is not None:
+            cached.append({**hit, "index": it.index})
         else:
-            good.append(it)
-    if not good:
-        return [], failures
-    index = [it.index for it in good]
-    with warnings.catch_warnings():  # summarised once per pool, on rank 0
-        warnings.simplefilter("ignore", NotConvergedWarning)
-        table = score(
-            **job.kwargs,
-            pool=torch.stack([it.x for it in good if it.x is not None]),
-            batch_size=len(good),
-            labels=None if job.lab is None else job.lab[index],
-            ids=[it.id for it in good],
-        )
-    rows = []
-    for row, p in zip(table.rows(), index, strict=True):
-        row.pop("rpr")
-        row.pop("lpr", None)
-        rows.append({**row, "index": p})
-    return rows, failures
+            groups.setdefault(tuple(it.x.shape), []).append(it)
+    new: list[dict[str, Any]] = []
+    for items in groups.values():
+        rows, bad = score_group(job.engine, items, job.device, job.dtype, job.record)
+        new.extend(rows)
+        failures.extend(bad)
+    return new, cached, failures
 
 
 # -- the entry point ---------------------------------------------------------------------------
-def score_distributed(
+def score(
     model: nn.Module,
     pool: Any,
-    k: int = 10,
+    *,
+    k: int | None = None,
     tol: float = 1e-4,
     solver: str = "auto",
     device: str | torch.device | None = None,
@@ -289,11 +276,12 @@ def score_distributed(
     method: Method = "auto",
     ids: Sequence[str] | None = None,
     image_key: str = "image",
-    errors: Literal["auto", "raise", "record"] = "auto",
+    errors: Errors = "auto",
     roi_size: Sequence[int] | None = None,
     sliding: Mapping[str, Any] | None = None,
+    settings: ScoreSettings | None = None,
 ) -> DistributedScoreTable:
-    """:func:`~rprselect.scoring.score` shared among the ranks of a process group.
+    """:func:`~rprselect.score` shared among the ranks of a process group.
 
     Call it on every rank with the same model and pool. Under ``torchrun`` the process group
     is started from the environment when not yet initialised (NCCL on GPUs, gloo on CPU); the
@@ -305,47 +293,59 @@ def score_distributed(
     with :math:`b` the batch size, each claimed by one rank through ``store.add``.
 
     Args:
-        model, pool, k, tol, solver, batch_size, labels, num_classes, config, method, ids,
-            image_key, errors, roi_size, sliding: as for :func:`~rprselect.scoring.score`.
+        model, pool, labels, ids, settings and the setting keywords: as for
+            :func:`rprselect.scoring.score`.
         device: as for ``score``; ``None`` or ``"cuda"`` mean ``cuda:LOCAL_RANK`` with CUDA.
-        cache: base name of the per-rank caches (:func:`rank_cache_path`). A rerun, with any
-            number of ranks, skips every sample that any rank's cache holds.
+        cache: base name of the caches. Each rank appends to its own file
+            (:func:`~rprselect.cache.rank_cache_path`); every rank reads the base file and all
+            rank files, so a rerun, with any number of ranks or in one process, reuses every
+            row whose sample id and content match.
         progress: a progress bar of the whole pool on rank 0, and the balance on stderr.
 
     Returns:
         On every rank the same :class:`DistributedScoreTable`, one row per sample in pool
-        order, equal to a single-process ``score`` apart from ``seconds`` (when no sample
-        fails: a failed sample shifts the later batches of a single-process run, not the units).
+        order, equal to a single-process ``score`` apart from the timing columns (when no
+        sample fails: a failed sample shifts the later batches of a single-process run, not
+        the units).
 
     Raises:
         ValueError, TypeError: as for ``score``, and when ranks hold different weights,
             settings or pools. An error on one rank is raised on every rank.
     """
+    s = settings_from(
+        settings,
+        k=k,
+        tol=tol,
+        solver=solver,
+        method=method,
+        config=config,
+        batch_size=batch_size,
+        device=None,  # chosen per rank below
+        roi_size=roi_size,
+        sliding=sliding,
+        num_classes=num_classes,
+        errors=errors,
+        image_key=image_key,
+    )
+    if settings is None and device is not None:
+        s = s.replace(device=device)
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
-    if isinstance(k, bool) or not isinstance(k, int) or k < 1:
-        raise ValueError(f"k must be a positive int, got {k!r}")
-    if batch_size is not None and (isinstance(batch_size, bool) or not batch_size > 0):
-        raise ValueError(f"batch_size must be a positive int or None, got {batch_size!r}")
-    if errors not in ("auto", "raise", "record"):
-        raise ValueError(f"errors must be 'auto', 'raise' or 'record', got {errors!r}")
-    opts: dict[str, Any] = dict(k=k, tol=tol, solver=solver, config=config or SolverConfig())
-    opts.update(method=method, num_classes=num_classes, roi_size=roi_size, sliding=sliding)
-    record = errors == "record" or (errors == "auto" and isinstance(pool, FilePool))
-    group, dev = _join(device)
+    group, dev = _join(s.device)
     if dev is not None:
-        model.to(dev)
-    job, own, old, done, token = _handshake(
-        group, model, pool, ids, labels, image_key, record, batch_size, dev, cache, opts
-    )
+        s = s.replace(device=str(dev))
+    job, own, token = _handshake(group, model, pool, ids, labels, s, cache)
     t0 = time.perf_counter()
-    rows, failures, stats, err = _work(job, group, own, done, token, progress)
-    where = {sid: p for p, sid in enumerate(job.names)}
-    mine = [{**r, "index": where[i]} for i, r in old.items() if i in where]
-    totals = (*stats, len(mine), len(failures), time.perf_counter() - t0)
-    results = group.gather((_describe(err) if err else None, rows + mine, failures, totals))
+    rows, failures, stats, err = _work(job, group, own, token, progress)
+    totals = (*stats, len(failures), time.perf_counter() - t0)
+    results = group.gather((_describe(err) if err else None, rows, failures, totals))
     _raise_first(group, err, [r[0] for r in results])
-    return _merge(results, k, job.size, group, time.perf_counter() - t0, progress)
+    k_used = job.engine.k or s.k or DEFAULT_K
+    return _merge(results, k_used, job.size, group, time.perf_counter() - t0, progress, s.tol)
+
+
+#: the name of releases before the scoring engine (kept for existing scripts)
+score_distributed = score
 
 
 def _handshake(
@@ -354,89 +354,77 @@ def _handshake(
     pool: Any,
     ids: Sequence[str] | None,
     labels: Any,
-    image_key: str,
-    record: bool,
-    batch_size: int | None,
-    dev: torch.device | None,
+    s: ScoreSettings,
     cache: str | None,
-    opts: dict[str, Any],
-) -> tuple[_Job, ScoreCache | None, dict[str, dict[str, Any]], set[str], str]:
-    """Plan locally, then agree: same weights, settings and pool everywhere, the union of the
-    ids all caches hold, and rank 0's token naming this run's counters in the store."""
+) -> tuple[_Job, ScoreCache | None, str]:
+    """Plan locally, then agree: same weights, settings and pool everywhere, and rank 0's
+    token naming this run's counters in the store."""
     err: Exception | None = None
     try:  # all that can fail on one rank only comes before the first collective
-        job = _plan(model, pool, ids, labels, image_key, record, batch_size, dev, opts)
-        fp = _fingerprint(model, job.lab, opts)
-        own, old = _open_caches(cache, fp, group)
-        hello: Any = (None, _digest(fp), _digest(job.names), sorted(old), uuid.uuid4().hex)
+        job, fp = _plan(model, pool, ids, labels, s)
+        own = None
+        if cache is not None:
+            own = ScoreCache(rank_cache_path(cache, group.rank), fp)
+            job.known = read_all(cache, fp, skip=own.path)
+            job.known.update({(i, str(r.get("content"))): r for i, r in own.rows.items()})
+        hello: Any = (None, _digest(fp), _digest(job.names), uuid.uuid4().hex)
     except Exception as e:  # re-raised below, on every rank
-        err, hello = e, (_describe(e), None, None, [], "")
+        err, hello = e, (_describe(e), None, None, "")
     hellos = group.gather(hello)
     _raise_first(group, err, [h[0] for h in hellos])
     for what, i in (("model weights and scoring settings", 1), ("pool (sample ids)", 2)):
         differ = [r for r, h in enumerate(hellos) if h[i] != hellos[0][i]]
         if differ:
             raise ValueError(f"every rank must have the same {what}; ranks {differ} differ")
-    return job, own, old, {sid for h in hellos for sid in h[3]}, hellos[0][4]
+    return job, own, hellos[0][3]
 
 
 def _plan(
-    model: nn.Module,
-    pool: Any,
-    ids: Sequence[str] | None,
-    labels: Any,
-    image_key: str,
-    record: bool,
-    batch_size: int | None,
-    dev: torch.device | None,
-    opts: dict[str, Any],
-) -> _Job:
-    """The units' common facts: ids, labels, the first usable sample's shape, batch size."""
+    model: nn.Module, pool: Any, ids: Sequence[str] | None, labels: Any, s: ScoreSettings
+) -> tuple[_Job, dict[str, Any]]:
+    """The units' common facts: ids, labels, the batch size, the engine (traced once)."""
     pool = _random_access(pool)
     n = pool_size(pool)
     if not n:
         raise ValueError("pool must not be empty, got 0 samples")
     names = _names(pool, ids, n)
-    lab = None if labels is None else np.asarray(labels)
-    if lab is not None and (lab.ndim != 1 or len(lab) != n):
-        raise ValueError(f"labels must have one entry per pool sample ({n}), got {lab.shape}")
-    first, shape = _first_usable(pool, names, image_key)
-    numel = int(np.prod(shape)) if shape else 1
-    size = 1 if opts["roi_size"] is not None else batch_size or default_batch_size(numel)
-    kwargs = dict(opts, model=model, device=dev, image_key=image_key, cache=None)
-    kwargs.update(progress=False, errors="raise")
-    return _Job(pool, names, image_key, shape, first, size, record, lab, kwargs)
+    lab = None if labels is None else labels_array(labels, n)
+    device, dtype = model_device(model, s)
+    shape = _first_usable(pool, names, s.image_key)
+    size = batch_for(s, shape or (1,), n)
+    fp = s.fingerprint(model, None if lab is None else lab.numpy())
+    engine = Engine(model, s, lab)
+    record = records_failures(s, pool)
+    return _Job(pool, names, s, engine, device, dtype, size, record, {}), fp
 
 
 def _work(
     job: _Job,
     group: _Group,
     own: ScoreCache | None,
-    done: set[str],
     token: str,
     progress: bool,
-) -> tuple[list[dict[str, Any]], list[Failure], tuple[float, int, int], Exception | None]:
+) -> tuple[list[dict[str, Any]], list[Failure], tuple[float, int, int, int], Exception | None]:
     """Claim and score units until none is left (or a rank failed); cache each one."""
     n = len(job.names)
     units = [range(j, min(j + job.size, n)) for j in range(0, n, job.size)]
-    todo = [[p for p in u if job.names[p] not in done] for u in units]
-    todo = [u for u in todo if u]
     rows: list[dict[str, Any]] = []
     failures: list[Failure] = []
-    busy, claimed, err = 0.0, 0, None
-    bar = _bar(n, len(done), progress and group.rank == 0)
+    busy, claimed, scored, cached, err = 0.0, 0, 0, 0, None
+    bar = progress_bar(n, progress and group.rank == 0)
     try:
         j = _claim(group, token, -1)
-        while j < len(todo) and group.add(f"rprselect/{token}/abort", 0) == 0:
+        while j < len(units) and group.add(f"rprselect/{token}/abort", 0) == 0:
             t = time.perf_counter()
-            new, bad = _score_unit(job, todo[j])
+            new, old, bad = _score_unit(job, units[j])
             if own is not None and new:
                 own.append(new)
             busy += time.perf_counter() - t
-            rows.extend(new)
+            rows.extend(new + old)
             failures.extend(bad)
-            claimed += 1
-            bar.n = group.add(f"rprselect/{token}/done", len(todo[j])) + len(done)
+            claimed, scored, cached = claimed + 1, scored + len(new), cached + len(old)
+            done = group.add(f"rprselect/{token}/done", len(units[j]))
+            bar.n = done
             bar.refresh()
             j = _claim(group, token, j)
     except Exception as e:  # handed to every rank by the caller
@@ -444,17 +432,19 @@ def _work(
         group.add(f"rprselect/{token}/abort", 1)
     finally:
         bar.close()
-    return rows, failures, (busy, claimed, len(rows)), err
+    return rows, failures, (busy, claimed, scored, cached), err
 
 
 def _claim(group: _Group, token: str, last: int) -> int:
-    """The next unit (position in the to-do list) for this rank."""
+    """The next unit for this rank."""
     if group.store is None:  # static round robin
         return group.rank if last < 0 else last + group.world
     return group.add(f"rprselect/{token}/next", 1) - 1
 
 
 def _names(pool: Any, ids: Sequence[str] | None, n: int) -> list[str]:
+    from .pool import FilePool
+
     if ids is None:
         return list(pool.ids) if isinstance(pool, FilePool) else [str(i) for i in range(n)]
     names = [str(i) for i in ids]
@@ -465,42 +455,16 @@ def _names(pool: Any, ids: Sequence[str] | None, n: int) -> list[str]:
     return names
 
 
-def _first_usable(pool: Any, names: list[str], key: str) -> tuple[int, tuple[int, ...] | None]:
+def _first_usable(pool: Any, names: list[str], key: str) -> tuple[int, ...] | None:
     for p in range(len(names)):
         it = _load(pool, [p], names, key)[0]
         if it.error is None and it.x is not None and check_item(it, None) is None:
-            return p, tuple(it.x.shape)
-    return len(names), None
-
-
-def _open_caches(
-    cache: str | None, fp: dict[str, Any], group: _Group
-) -> tuple[ScoreCache | None, dict[str, dict[str, Any]]]:
-    """This rank's cache, and the rows of the caches it owns: its own, and on rank 0 those
-    of ranks beyond the world size (left by a larger earlier job)."""
-    if cache is None:
-        return None, {}
-    own = ScoreCache(rank_cache_path(cache, group.rank), fp)
-    rows = dict(own.rows)
-    if group.rank == 0:
-        for r, path in sorted(_cache_files(cache).items()):
-            if r >= group.world:
-                rows.update({i: v for i, v in ScoreCache(path, fp).rows.items() if i not in rows})
-    return own, rows
+            return tuple(it.x.shape)
+    return None
 
 
 def _digest(obj: Any) -> str:
     return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()
-
-
-def _fingerprint(model: nn.Module, lab: np.ndarray | None, opts: dict[str, Any]) -> dict[str, Any]:
-    """What the cached scores depend on: the weights, the labels and the scoring options."""
-    settings = {**opts, "config": dataclasses.asdict(opts["config"])}
-    return {
-        "weights": weights_hash(model),
-        "labels": None if lab is None else _digest(lab.tolist()),
-        "settings": json.loads(json.dumps(settings, sort_keys=True, default=str)),
-    }
 
 
 _KINDS = (ValueError, TypeError, ImportError, OSError, KeyError)
@@ -521,27 +485,14 @@ def _raise_first(group: _Group, mine: BaseException | None, errs: list[Any]) -> 
             raise kind(f"rank {r} of {group.world} failed: {e[1]}")
 
 
-def _bar(total: int, initial: int, enabled: bool) -> Any:
-    class _Silent:
-        n = 0
-
-        def refresh(self) -> None:
-            pass
-
-        def close(self) -> None:
-            pass
-
-    if not enabled:
-        return _Silent()
-    try:
-        from tqdm.auto import tqdm
-    except ImportError:  # tqdm is optional: no bar then
-        return _Silent()
-    return tqdm(total=total, initial=initial, unit="sample", desc="scoring", dynamic_ncols=True)
-
-
 def _merge(
-    results: list[Any], k: int, size: int, group: _Group, wall: float, show: bool
+    results: list[Any],
+    k: int,
+    size: int,
+    group: _Group,
+    wall: float,
+    show: bool,
+    tol: float,
 ) -> DistributedScoreTable:
     """One table in pool order from every rank's rows, failures and stats."""
     rows: dict[int, dict[str, Any]] = {}
@@ -558,33 +509,13 @@ def _merge(
     table = DistributedScoreTable(
         **{f: getattr(base, f) for f in base.__dataclass_fields__},
         world_size=group.world,
-        batch_size=size,
+        unit_size=size,
         ranks=stats,
         wall_seconds=wall,
     )
     if group.rank == 0:
-        _report(table, show)
+        logger.info(table.summary())
+        if show:
+            print(f"rprselect: {table.summary()}", file=sys.stderr)
+        warn_summary(table, tol, table.failures)
     return table
-
-
-def _report(table: DistributedScoreTable, show: bool) -> None:
-    logger.info(table.summary())
-    if show:
-        print(f"rprselect: {table.summary()}", file=sys.stderr)
-    bad = [table.ids[i] for i in np.flatnonzero(~table.converged)]
-    if bad:
-        shown = ", ".join(bad[:20]) + (", ..." if len(bad) > 20 else "")
-        warnings.warn(
-            f"{len(bad)} of {len(table)} samples have singular triplets that missed tol "
-            f"(converged=False in the table): {shown}",
-            NotConvergedWarning,
-            stacklevel=4,
-        )
-    if table.failures:
-        shown = "; ".join(f"{f.id}: {f.reason}" for f in table.failures[:10])
-        warnings.warn(
-            f"{len(table.failures)} sample(s) could not be scored (see ScoreTable.failures): "
-            f"{shown}",
-            UserWarning,
-            stacklevel=4,
-        )

@@ -59,12 +59,21 @@ class ScoreTable:
     converged: np.ndarray
     max_residual: np.ndarray
     n_products: np.ndarray
-    batch_seconds: np.ndarray
-    batch_size: np.ndarray
-    input_norm: np.ndarray
+    batch_seconds: np.ndarray = None  # type: ignore[assignment]  # NaN when not measured
+    batch_size: np.ndarray = None  # type: ignore[assignment]  # 1 when not known
+    input_norm: np.ndarray = None  # type: ignore[assignment]  # NaN when not known
     lpr_curve: np.ndarray | None = None
     logits: np.ndarray | None = None
     failures: list[Failure] = field(default_factory=list)
+
+    def __post_init__(self) -> None:  # tables built by hand may leave the diagnostics out
+        n = len(self.ids)
+        if self.batch_seconds is None:
+            self.batch_seconds = np.full(n, np.nan)
+        if self.batch_size is None:
+            self.batch_size = np.ones(n, dtype=np.int64)
+        if self.input_norm is None:
+            self.input_norm = np.full(n, np.nan)
 
     @property
     def k(self) -> int:
@@ -178,7 +187,8 @@ class ScoreTable:
             return np.asarray([r[name] for r in rows], dtype=dtype).reshape(len(rows), *shape)
 
         has_lpr = bool(rows) and all("lpr_curve" in r for r in rows)
-        has_logits = bool(rows) and all(r.get("logits") is not None for r in rows)
+        sizes = {len(r["logits"]) if r.get("logits") is not None else -1 for r in rows}
+        has_logits = len(sizes) == 1 and -1 not in sizes  # outputs of one size, for all
         n_logits = len(rows[0]["logits"]) if has_logits else 0
         return cls(
             ids=[str(r["id"]) for r in rows],

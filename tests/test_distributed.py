@@ -122,7 +122,7 @@ def _assert_same(got_rows: list[dict[str, Any]], want: Any) -> None:
     got = ScoreTable.from_rows(got_rows, k=want.k)
     assert got.ids == want.ids
     for col in want.columns:
-        if col == "seconds":  # timing: the only column allowed to differ
+        if col == "batch_seconds":  # timing: the only column allowed to differ
             continue
         a, b = np.asarray(got[col]), np.asarray(want[col])
         bad = np.flatnonzero((a != b).reshape(len(a), -1).any(axis=1))
@@ -208,12 +208,13 @@ def test_one_process_equals_score_with_labels_and_resumes(tmp_path: Path) -> Non
     got = score_distributed(model, X, cache=str(cache), **opts)
     assert isinstance(got, DistributedScoreTable) and got.lpr_curve is not None
     _assert_same(list(got.rows()), want)
-    assert (got.world_size, got.batch_size, len(got.ranks)) == (1, 4, 1)
+    assert (got.world_size, got.unit_size, len(got.ranks)) == (1, 4, 1)
     assert (got.ranks[0].units, got.ranks[0].scored, got.ranks[0].cached) == (3, 9, 0)
     assert rank_cache_path(cache, 0).is_file()
     again = score_distributed(model, X, cache=str(cache), **opts)  # everything cached
     _assert_same(list(again.rows()), want)
-    assert (again.ranks[0].units, again.ranks[0].scored, again.ranks[0].cached) == (0, 0, 9)
+    # every unit is still read (the content of each sample is checked), none is scored
+    assert (again.ranks[0].units, again.ranks[0].scored, again.ranks[0].cached) == (3, 0, 9)
     with pytest.raises(ValueError, match="another model or other settings"):
         score_distributed(model, X, cache=str(cache), **{**opts, "k": 2})
 
@@ -231,9 +232,9 @@ def test_bad_inputs_name_the_parameter() -> None:
     from rprselect.distributed import score_distributed
 
     model, X = _model(), torch.rand(3, 1, 4, 4, 4, dtype=torch.float64)
-    with pytest.raises(ValueError, match="k must be a positive int, got 0"):
+    with pytest.raises(ValueError, match="k must be >= 1, got 0"):
         score_distributed(model, X, k=0)
-    with pytest.raises(ValueError, match="batch_size must be a positive int or None, got 0"):
+    with pytest.raises(ValueError, match="batch_size must be >= 1, got 0"):
         score_distributed(model, X, batch_size=0)
     with pytest.raises(ValueError, match="errors must be"):
         score_distributed(model, X, errors="ignore")  # type: ignore[arg-type]
@@ -325,7 +326,9 @@ def test_torchrun_cli_equals_single_process_cli(pool_dir: Path, tmp_path: Path) 
 
     def rows(path: Path) -> list[dict[str, str]]:
         with open(path) as fh:
-            return [{k: v for k, v in r.items() if k != "seconds"} for r in csv.DictReader(fh)]
+            return [
+                {k: v for k, v in r.items() if k != "batch_seconds"} for r in csv.DictReader(fh)
+            ]
 
     assert rows(tmp_path / "two.csv") == rows(tmp_path / "one.csv")
     assert sorted(tmp_path.glob("c.rank*.jsonl")), "each rank keeps its own cache"

@@ -55,7 +55,8 @@ def test_matches_direct_svd_per_sample(model, pool, reference) -> None:
     assert ((reference.rpr >= 0) & (reference.rpr <= 1 + 1e-12)).all()
     assert reference.converged.all() and (reference.max_residual < 1e-8).all()
     assert (reference.n_products == 5).all()  # dense: min(m, n) = 5 products per sample
-    assert (reference.seconds > 0).all()
+    assert (reference.batch_seconds > 0).all() and (reference.batch_size >= 1).all()
+    np.testing.assert_allclose(reference.input_norm, pool.flatten(1).norm(dim=1).numpy())
 
 
 @pytest.mark.parametrize("batch_size", [1, 3, 64])
@@ -147,11 +148,36 @@ def test_empty_pool_is_rejected(model) -> None:
         score(model, ListDataset([]), progress=False)
 
 
-def test_wrong_shape_item_names_its_index_and_both_shapes(model, pool) -> None:
+def test_wrong_shape_item_names_its_index_and_shape(model, pool) -> None:
     items = list(pool[:5])
     items[3] = torch.rand(1, 7, 7, dtype=torch.float64)
-    with pytest.raises(ValueError, match=r"index 3\).*\(1, 7, 7\).*\(1, 8, 8\)"):
+    with pytest.raises(ValueError, match=r"index 3\) of shape \(1, 7, 7\) could not be scored"):
         score(model, ListDataset(items), k=2, progress=False)
+
+
+def test_odd_shape_fails_alone_and_the_rest_is_scored(model, pool) -> None:
+    """Samples are grouped by shape: one the model cannot take fails, the others don't."""
+    items = list(pool[:5])
+    items[0] = torch.rand(1, 7, 7, dtype=torch.float64)  # first: it used to set the shape
+    with pytest.warns(UserWarning, match="1 sample"):
+        t = score(model, ListDataset(items), k=2, errors="record", progress=False)
+    assert t.ids == ["1", "2", "3", "4"]
+    assert [(f.id, f.index) for f in t.failures] == [("0", 0)]
+    assert "rejected by the model" in t.failures[0].reason
+    want = score(model, pool[1:5], k=2, progress=False)
+    np.testing.assert_array_equal(t.rpr_curve, want.rpr_curve)
+
+
+def test_fully_convolutional_model_scores_every_shape(pool) -> None:
+    net = torch.nn.Sequential(
+        torch.nn.Conv2d(1, 2, 3, padding=1, bias=False), torch.nn.ReLU()
+    ).double()
+    items = [pool[0], torch.rand(1, 6, 5, dtype=torch.float64), pool[1]]
+    t = score(net, ListDataset(items), k=2, solver="dense", progress=False)
+    assert t.ids == ["0", "1", "2"] and not t.failures
+    for i, x in enumerate(items):
+        want = rprselect.rpr(rprselect.svd(net, x, k=2, solver="dense"), x).numpy()
+        np.testing.assert_allclose(t.rpr_curve[i], want, rtol=1e-10)
 
 
 @pytest.mark.parametrize("bad", [float("nan"), float("inf")])
@@ -254,8 +280,11 @@ def test_csv_round_trip_is_exact(labelled, tmp_path) -> None:
         "converged",
         "max_residual",
         "n_products",
-        "seconds",
+        "batch_seconds",
+        "batch_size",
+        "input_norm",
         "lpr_curve",
+        "logits",
     ):
         np.testing.assert_array_equal(getattr(back, name), getattr(want, name), err_msg=name)
 
@@ -331,3 +360,61 @@ def test_sliding_windows_with_options(tmp_path) -> None:
         )
     with pytest.raises(ValueError, match="sliding options need roi_size"):
         score(model, ListDataset(vols), k=2, sliding=opts, progress=False)
+
+
+def test_graph_traced_once_per_call(model, pool, monkeypatch) -> None:
+    """Trace once per score() call, reused by every batch (and every window group)."""
+    import importlib
+
+    lin = importlib.import_module("rprselect.linearize")  # the package's name is the function
+    calls = []
+    real = lin.trace
+    monkeypatch.setattr(lin, "trace", lambda m: calls.append(1) or real(m))
+    t = score(model, pool, k=2, batch_size=2, solver="lanczos", progress=False)
+    assert len(t) == len(pool) and len(calls) == 1, f"{len(calls)} traces for {len(pool)} samples"
+    calls.clear()
+    seg = torch.nn.Sequential(torch.nn.Conv3d(1, 2, 3, padding=1, bias=False)).double()
+    vols = torch.rand(2, 1, 8, 8, 8, dtype=torch.float64)
+    score(seg, vols, k=2, roi_size=(4, 4, 4), sliding={"sw_batch_size": 2}, progress=False)
+    assert len(calls) == 1, "8 windows in 4 groups per volume, 2 volumes: one trace"
+
+
+def test_settings_object_equals_keywords_and_validates_once(model, pool) -> None:
+    from rprselect import ScoreSettings
+
+    s = ScoreSettings(k=2, solver="dense")
+    a = score(model, pool, settings=s, progress=False)
+    b = score(model, pool, k=2, solver="dense", progress=False)
+    np.testing.assert_array_equal(a.rpr_curve, b.rpr_curve)
+    with pytest.raises(TypeError, match=r"either settings= or its keywords.*\['k'\]"):
+        score(model, pool, settings=s, k=3, progress=False)
+    # one rule: wrong type -> TypeError, right type out of range -> ValueError
+    with pytest.raises(TypeError, match="k must be an int or None, got str 'a'"):
+        score(model, pool, k="a", progress=False)  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match="k must be an int"):
+        rprselect.svd(model, pool[0], k="a")  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="k must be >= 1, got 0"):
+        ScoreSettings(k=0)
+    with pytest.raises(ValueError, match="device must name a torch device.*'banana'"):
+        ScoreSettings(device="banana")
+    with pytest.raises(ValueError, match="sliding options need roi_size"):
+        ScoreSettings(sliding={"overlap": 0.5})
+    assert s.fingerprint(model) == ScoreSettings(k=2, solver="dense", batch_size=7).fingerprint(
+        model
+    ), "batch size and device do not change the numbers, so not the cache key"
+
+
+def test_k_adapts_to_a_binary_classifier_and_says_so(pool) -> None:
+    from rprselect.engine import RankChoiceWarning
+
+    net = torch.nn.Sequential(
+        torch.nn.Conv2d(1, 2, 3, padding=1, bias=False),
+        torch.nn.ReLU(),
+        torch.nn.Flatten(),
+        torch.nn.Linear(128, 2, bias=False),
+    ).double()
+    with pytest.warns(RankChoiceWarning, match="using k=2"):
+        t = score(net, pool[:3], progress=False)
+    assert t.k == 2 and t.logits is not None and t.logits.shape == (3, 2)
+    with pytest.raises(ValueError, match=r"k must satisfy 0 < k <= min\(m, n\) = 2, got 10"):
+        score(net, pool[:3], k=10, progress=False)

@@ -22,7 +22,6 @@ def _table(rpr: list[float], ids: list[str] | None = None, k: int = 2) -> ScoreT
         converged=np.ones(n, bool),
         max_residual=np.zeros(n),
         n_products=np.zeros(n, np.int64),
-        seconds=np.zeros(n),
     )
 
 

@@ -109,7 +109,7 @@ def volume_rpr(
         warnings.simplefilter("ignore", rprselect.NotConvergedWarning)
         res = rprselect.svd(op, k=k, tol=tol, solver="lanczos")
     value = float(rprselect.rpr(res, x)[-1])
-    pred = op.output.argmax(0).cpu().numpy()  # type: ignore[attr-defined]
+    pred = op.output.argmax(0).cpu().numpy()  # type: ignore[union-attr]
     return RPRValue(value, bool(res.converged.all()), int(res.n_products), res.seconds, pred)
 
 
@@ -137,7 +137,7 @@ def slice_rpr(
         warnings.simplefilter("ignore", rprselect.NotConvergedWarning)
         res = rprselect.svd_batch(op, k=k, tol=tol, solver="lanczos")
     values = rprselect.rpr(res, X)[:, -1].cpu().numpy()
-    pred = op.output.argmax(1).cpu().numpy()  # type: ignore[attr-defined]
+    pred = op.output.argmax(1).cpu().numpy()  # type: ignore[union-attr]
     conv = res.converged.all(-1).cpu().numpy()
     return values, conv, pred, np.asarray(res.n_products).reshape(-1)
 

@@ -288,7 +288,7 @@ def analyse(
         parts["pred_float32"].append(model32(X32).argmax(1).cpu().numpy())
         op = linearize_batch(net, X)
         res = svd_batch(op, k=K, solver="dense")
-        logits = op.output.double()  # type: ignore[attr-defined]  # F(x), (B, 10)
+        logits = op.output.double()  # type: ignore[union-attr]  # F(x), (B, 10)
         coef = torch.einsum("bkn,bn->bk", res.V.flatten(2).double(), X.flatten(1).double())
         terms = (res.S * coef).unsqueeze(-1) * res.U.double()  # (B, K, 10)
         rank_logits = terms.cumsum(1)  # row k-1: A_k[x] x

@@ -202,7 +202,7 @@ def _worker(argv: list[str]) -> int:
         progress=False,
     )
     if is_main_rank():
-        rows = [{c: v for c, v in row.items() if c != "seconds"} for row in table.rows()]
+        rows = [{c: v for c, v in row.items() if c != "batch_seconds"} for row in table.rows()]
         busy = [s.busy_seconds for s in table.ranks]
         data = {
             "procs": table.world_size,

@@ -1,0 +1,371 @@
+"""The batch engine: a batch of samples in, one table row per sample out.
+
+Both drivers, :func:`rprselect.scoring.score` (one process) and
+:func:`rprselect.distributed.score` (torchrun), send their batches here and never to each
+other. The data path of a pool is
+
+    pool --(driver: ids, content hashes, cache, shape groups)--> :meth:`Engine.score_batch`
+    --> :func:`~rprselect.linearize_batch` (the model traced once per engine) --> operator
+    ``apply`` --> :func:`~rprselect.svd_batch` --> RPR/LPR curves (paper Eq. 10, 13) --> rows.
+
+For each sample x of a batch the engine builds A[x], takes its top-k singular triplets and
+reports
+
+.. math:: \\mathrm{RPR}(x; r) = \\frac{\\|V_r V_r^T x\\|^2}{\\|x\\|^2}, \\qquad r = 1..k,
+
+with the solver's diagnostics. The helpers below (:func:`default_batch_size`,
+:func:`progress_bar`, :func:`warn_summary`) are the drivers' shared pieces.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import time
+import warnings
+from collections.abc import Sequence
+from typing import Any, cast
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from .linearize import Method, linearize_batch, prepare_graph
+from .metrics import label_logits, lpr, rpr
+from .pool import FilePool, PoolItem
+from .settings import DEFAULT_K, ScoreSettings, content_hash
+from .solvers import NotConvergedWarning, Solver, SolverConfig, SVDResult, svd, svd_batch
+from .table import MAX_LOGITS, Failure, ScoreTable
+
+__all__ = [
+    "Engine",
+    "score_batch",
+    "score_group",
+    "default_batch_size",
+    "batch_for",
+    "settings_from",
+    "labels_array",
+    "model_device",
+    "records_failures",
+    "progress_bar",
+    "warn_summary",
+    "RankChoiceWarning",
+]
+
+
+class RankChoiceWarning(UserWarning):
+    """``k`` was not given and the default rank was capped by the rank of A[x]."""
+
+
+def default_batch_size(sample_numel: int, pool_size: int | None = None) -> int:
+    """Samples per batch: ``2**20 // numel`` in [1, 64], and at most an eighth of the pool.
+
+    That is 64 for MNIST-sized images, 16 for 256x256 slices, 4 for a 64³ volume and 1 for a
+    128³ four-channel one: each network pass then carries about a million input values per
+    vector of the block. The eighth keeps a small pool's progress bar moving.
+    """
+    size = max(1, min(64, 2**20 // max(1, sample_numel)))
+    if pool_size:
+        size = min(size, max(1, math.ceil(pool_size / 8)))
+    return size
+
+
+class Engine:
+    """Scores batches of one model under one :class:`~rprselect.ScoreSettings`.
+
+    The model is traced once, when the engine is built (:func:`~rprselect.linearize.
+    prepare_graph`), and the graph is reused for every batch and every sliding-window group.
+    ``k`` is resolved at the first batch (:meth:`ScoreSettings.rank`) and kept.
+
+    Args:
+        model: the network, already on its device.
+        settings: the scoring settings.
+        labels: one class index per pool sample (indexed by pool position), or ``None``.
+
+    Attributes:
+        k: the rank in use (``None`` until the first batch).
+        n_traces: how many times the model was traced (at most one).
+    """
+
+    def __init__(self, model: nn.Module, settings: ScoreSettings, labels: Tensor | None = None):
+        self.model = model
+        self.settings = settings
+        self.labels = labels
+        self.graph = prepare_graph(model, cast(Method, settings.method))
+        self.n_traces = int(self.graph is not None)
+        self.k: int | None = settings.k
+        self._k_checked = False
+
+    def score_batch(self, X: Tensor, index: Sequence[int]) -> list[dict[str, Any]]:
+        """Rows (without ``id``) for the samples ``X`` at pool positions ``index``.
+
+        Raises:
+            ValueError: the model rejects the samples, k exceeds the rank of A[x], or labels
+                are given for a model that is not a classifier.
+        """
+        t0 = time.perf_counter()
+        res, out_shape, output = (self._windowed if self.settings.roi_size else self._batched)(X)
+        r = rpr(res, X).cpu()
+        lcurve = None
+        if self.labels is not None:
+            lcurve = self._lpr(res, out_shape, list(index))
+        seconds = time.perf_counter() - t0
+        norms = X.reshape(X.shape[0], -1).double().norm(dim=1).cpu()
+        keep_logits = output is not None and math.prod(out_shape) <= MAX_LOGITS
+        rows = []
+        for i in range(X.shape[0]):
+            row: dict[str, Any] = {
+                "index": int(index[i]),
+                "rpr_curve": r[i].tolist(),
+                "singular_values": res.S[i].double().cpu().tolist(),
+                "converged": bool(res.converged[i].all()),
+                "max_residual": float(res.residuals[i].max()),
+                "n_products": int(res.n_products),
+                "batch_seconds": seconds,
+                "batch_size": int(X.shape[0]),
+                "input_norm": float(norms[i]),
+            }
+            if keep_logits and output is not None:
+                row["logits"] = output[i].reshape(-1).double().cpu().tolist()
+            if lcurve is not None:
+                row["lpr_curve"] = lcurve[i].tolist()
+            rows.append(row)
+        return rows
+
+    # -- internals ---------------------------------------------------------------------------
+    def _rank(self, m: int, n: int) -> int:
+        k = self.settings.rank(m, n)
+        if not self._k_checked and self.settings.k is None and k < DEFAULT_K:
+            warnings.warn(
+                f"k was not given: using k={k}, the largest possible for this model "
+                f"(min(m, n) = {min(m, n)} of A[x]; the default is {DEFAULT_K})",
+                RankChoiceWarning,
+                stacklevel=4,
+            )
+        if self.k is None:
+            self.k = k
+        elif k != self.k:  # a later shape group whose A[x] is smaller than the first one's
+            raise ValueError(
+                f"k must satisfy 0 < k <= min(m, n) = {min(m, n)} for samples of this shape, "
+                f"got {self.k} (chosen for the first samples)"
+            )
+        self._k_checked = True
+        return self.k
+
+    def _solve(self, op: Any, batched: bool) -> SVDResult:
+        s = self.settings
+        k = self._rank(*op.shape)
+        with warnings.catch_warnings():  # summarised once per pool by the driver
+            warnings.simplefilter("ignore", NotConvergedWarning)
+            solve = svd_batch if batched else svd
+            return solve(op, k=k, tol=s.tol, solver=cast(Solver, s.solver), config=s.config)
+
+    def _batched(self, X: Tensor) -> tuple[SVDResult, tuple[int, ...], Tensor | None]:
+        op = linearize_batch(self.model, X, cast(Method, self.settings.method), graph=self.graph)
+        return self._solve(op, batched=True), op.out_shape, op.output
+
+    def _windowed(self, X: Tensor) -> tuple[SVDResult, tuple[int, ...], Tensor | None]:
+        from .sliding import sliding_window_operator
+
+        results: list[SVDResult] = []
+        out_shape: tuple[int, ...] = ()
+        outputs: list[Tensor] = []
+        for x in X:
+            op = sliding_window_operator(
+                self.model,
+                x,
+                method=cast(Method, self.settings.method),
+                graph=self.graph,
+                **(self.settings.window or {}),
+            )
+            results.append(self._solve(op, batched=False))
+            out_shape = op.out_shape
+            if op.output is not None:
+                outputs.append(op.output)
+        out = torch.stack(outputs) if len(outputs) == len(X) else None
+        return _stack(results), out_shape, out
+
+    def _lpr(self, res: SVDResult, out_shape: tuple[int, ...], index: list[int]) -> Tensor:
+        assert self.labels is not None
+        c = self.settings.num_classes
+        c = c if c is not None else (out_shape[0] if len(out_shape) == 1 else -1)
+        if tuple(out_shape) != (c,):
+            raise ValueError(
+                "labels need a classifier whose output has shape (num_classes,), got output "
+                f"shape {tuple(out_shape)}"
+            )
+        y = label_logits(self.labels[index], c, scale=self.settings.label_scale)
+        return lpr(res, y.to(res.U.device)).cpu()
+
+
+def score_batch(
+    model: nn.Module, X: Tensor, settings: ScoreSettings, labels: Any = None
+) -> list[dict[str, Any]]:
+    """Rows for one batch ``X`` ``(B, C, *spatial)`` (a one-off :class:`Engine`).
+
+    Args:
+        model: the network (on the device of ``X``).
+        X: the samples.
+        settings: the scoring settings.
+        labels: one class index per sample of ``X``, or ``None``.
+
+    Returns:
+        One dict per sample with ``index`` (its position in ``X``), ``rpr_curve``,
+        ``singular_values``, ``converged``, ``max_residual``, ``n_products``,
+        ``batch_seconds``, ``batch_size``, ``input_norm`` and, where they apply, ``logits``
+        and ``lpr_curve``.
+    """
+    lab = None if labels is None else torch.as_tensor(np.asarray(labels)).long()
+    return Engine(model, settings, lab).score_batch(X, list(range(X.shape[0])))
+
+
+# -- what both drivers share -------------------------------------------------------------------
+def settings_from(settings: ScoreSettings | None, **keywords: Any) -> ScoreSettings:
+    """``settings`` when given (then every keyword must be at its default), else the keywords.
+
+    Raises:
+        TypeError: ``settings`` is not a ScoreSettings, or it comes with other keywords.
+    """
+    config = keywords.pop("config", None)
+    if settings is None:
+        return ScoreSettings(**keywords, config=config or SolverConfig())
+    if not isinstance(settings, ScoreSettings):
+        raise TypeError(f"settings must be a ScoreSettings, got {type(settings).__name__}")
+    base = ScoreSettings()
+    given = [n for n, v in keywords.items() if v != getattr(base, n)]
+    if config is not None:
+        given.append("config")
+    if given:
+        raise TypeError(f"pass either settings= or its keywords, not both; got also {given}")
+    return settings
+
+
+def model_device(model: nn.Module, settings: ScoreSettings) -> tuple[torch.device, torch.dtype]:
+    """Move the model to ``settings.device`` (if set); the device and dtype to score in."""
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+    if settings.device is not None:
+        model.to(settings.device)
+    p = next((p for p in model.parameters() if p.is_floating_point()), None)
+    dev = torch.device(settings.device) if settings.device else None
+    dev = dev or (p.device if p is not None else torch.device("cpu"))
+    return dev, p.dtype if p is not None else torch.float32
+
+
+def labels_array(labels: Any, n: int | None) -> Tensor:
+    """Labels as a 1-D int64 tensor, one per pool sample."""
+    lab = torch.as_tensor(np.asarray(labels))
+    if lab.dim() != 1 or lab.is_floating_point():
+        raise ValueError(
+            f"labels must be a 1-D sequence of class indices, got shape "
+            f"{tuple(lab.shape)} and dtype {lab.dtype}"
+        )
+    if n is not None and lab.numel() != n:
+        raise ValueError(f"labels must have one entry per pool sample ({n}), got {lab.numel()}")
+    return lab.long()
+
+
+def records_failures(settings: ScoreSettings, pool: Any) -> bool:
+    """Whether an unusable sample is recorded (``errors="auto"``: for file pools) or raised."""
+    return settings.errors == "record" or (settings.errors == "auto" and isinstance(pool, FilePool))
+
+
+def batch_for(settings: ScoreSettings, shape: tuple[int, ...], n: int | None) -> int:
+    """Samples per batch for samples of ``shape``: one for sliding windows, else the setting or
+    :func:`~rprselect.engine.default_batch_size`."""
+    if settings.roi_size is not None:
+        return 1
+    return settings.batch_size or default_batch_size(math.prod(shape), n)
+
+
+def score_group(
+    engine: Engine,
+    items: list[PoolItem],
+    device: torch.device,
+    dtype: torch.dtype,
+    record: bool,
+) -> tuple[list[dict[str, Any]], list[Failure]]:
+    """One batch of same-shape samples through the engine, as rows with ``id`` and
+    ``content``; a batch the model (or k) rejects is recorded as failures of its samples when
+    ``record``, else raised."""
+    xs = [it.x for it in items if it.x is not None]
+    X = torch.stack(xs).to(device, dtype)
+    try:
+        rows = engine.score_batch(X, [it.index for it in items])
+    except ValueError as err:
+        if not record:
+            shown = ", ".join(f"{it.id!r} (index {it.index})" for it in items[:5])
+            more = f" and {len(items) - 5} more" if len(items) > 5 else ""
+            raise ValueError(
+                f"pool item(s) {shown}{more} of shape {tuple(X.shape[1:])} could not be "
+                f"scored: {err}"
+            ) from err
+        return [], [Failure(it.id, it.index, str(err)) for it in items]
+    return [
+        {"id": it.id, "content": content_hash(x), **row}
+        for it, x, row in zip(items, xs, rows, strict=True)
+    ], []
+
+
+def _stack(results: list[SVDResult]) -> SVDResult:
+    """One batched result from unbatched ones (each sample solved on its own)."""
+    first = results[0]
+    return dataclasses.replace(
+        first,
+        U=torch.stack([r.U for r in results]),
+        S=torch.stack([r.S for r in results]),
+        V=torch.stack([r.V for r in results]),
+        residuals=torch.stack([r.residuals for r in results]),
+        converged=torch.stack([r.converged for r in results]),
+        n_products=max(r.n_products for r in results),
+    )
+
+
+# -- what both drivers show the user -----------------------------------------------------------
+class _Silent:
+    n = 0
+
+    def update(self, n: int = 1) -> None:
+        pass
+
+    def refresh(self) -> None:
+        pass
+
+    def set_postfix_str(self, s: str) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
+def progress_bar(total: int | None, enabled: bool, initial: int = 0) -> Any:
+    """A tqdm bar over samples (or a silent stand-in when disabled or tqdm is missing)."""
+    if not enabled:
+        return _Silent()
+    try:
+        from tqdm.auto import tqdm
+    except ImportError:  # tqdm is optional: no bar then
+        return _Silent()
+    return tqdm(total=total, initial=initial, unit="sample", desc="scoring", dynamic_ncols=True)
+
+
+def warn_summary(table: ScoreTable, tol: float, failures: Sequence[Failure]) -> None:
+    """One warning for the samples that missed ``tol``, one for those that could not be scored."""
+    bad = [table.ids[i] for i in np.flatnonzero(~table.converged)]
+    if bad:
+        shown = ", ".join(bad[:20]) + (", ..." if len(bad) > 20 else "")
+        warnings.warn(
+            f"{len(bad)} of {len(table)} samples have singular triplets that missed "
+            f"tol={tol:g} (converged=False in the table): {shown}",
+            NotConvergedWarning,
+            stacklevel=3,
+        )
+    if failures:
+        shown = "; ".join(f"{f.id}: {f.reason}" for f in failures[:10])
+        more = f"; and {len(failures) - 10} more" if len(failures) > 10 else ""
+        warnings.warn(
+            f"{len(failures)} sample(s) could not be scored (listed in the table's "
+            f"failures): {shown}{more}",
+            UserWarning,
+            stacklevel=3,
+        )
