@@ -13,8 +13,9 @@ demo: install
 	$(PY) -m rprselect demo --out $(OUT)
 
 lint: install
-	$(VENV)/bin/ruff check rprselect integrations tests examples
-	$(VENV)/bin/ruff format --check rprselect integrations tests examples
+	$(VENV)/bin/ruff check rprselect integrations tests examples scripts
+	$(VENV)/bin/ruff format --check rprselect integrations tests examples scripts
+	$(PY) scripts/check_imports.py
 
 typecheck: install
 	$(VENV)/bin/mypy

@@ -20,7 +20,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from .benchmarks.common import markdown_table
+from ._report import markdown_table
 from .data import imbalance_indices, load_digits_tensors
 from .models import MNISTNet
 from .scoring import ScoreTable, score

@@ -112,7 +112,7 @@ def test_reuse_reproduces_the_analysis(quick: Path, tmp_path: Path) -> None:
 
 
 def test_bad_cases_are_skipped_by_name(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    from rprselect.data.brats import write_synthetic_brats
+    from rprselect.data.synthetic import write_synthetic_brats
 
     data = tmp_path / "data"
     ids = write_synthetic_brats(data, n_cases=6, shape=(16, 16, 8), seed=1)

@@ -17,8 +17,8 @@ from rprselect.data.brats import (
     find_cases,
     load_case,
     load_cases,
-    write_synthetic_brats,
 )
+from rprselect.data.synthetic import write_synthetic_brats
 
 nib = pytest.importorskip("nibabel", reason="nibabel (rprselect[monai]) is not installed")
 pytest.importorskip("monai", reason="MONAI (rprselect[monai]) is not installed")

@@ -115,7 +115,8 @@ def _settings(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def _load_data(args: argparse.Namespace, s: dict[str, Any], tmp: Path | None) -> Any:
-    from rprselect.data.brats import find_cases, load_cases, write_synthetic_brats
+    from rprselect.data.brats import find_cases, load_cases
+    from rprselect.data.synthetic import write_synthetic_brats
 
     mods = tuple(args.modalities.split(",")) if args.modalities else None
     if args.quick:

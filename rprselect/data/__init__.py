@@ -14,7 +14,6 @@ from rprselect.data.brats import (
     find_cases,
     load_case,
     load_cases,
-    write_synthetic_brats,
 )
 from rprselect.data.mnist import (
     MNIST_FILES,
@@ -26,6 +25,7 @@ from rprselect.data.mnist import (
     load_mnist,
     verify_mnist,
 )
+from rprselect.data.synthetic import write_synthetic_brats
 
 __all__ = [
     # MNIST and digits

@@ -39,7 +39,6 @@ __all__ = [
     "find_cases",
     "load_case",
     "load_cases",
-    "write_synthetic_brats",
 ]
 
 MODALITIES: tuple[str, ...] = ("flair", "t1", "t1ce", "t2")
@@ -51,13 +50,13 @@ _ALIASES = {
     "t1ce": "t1ce", "t1c": "t1ce", "t1gd": "t1ce", "t1gad": "t1ce",
     "t2": "t2", "t2w": "t2",
 }  # fmt: skip
-_MSD_CHANNEL = {"flair": 0, "t1": 1, "t1ce": 2, "t2": 3}
-_SUFFIX = {  # layout -> (file-name token of each modality, token of the label)
+MSD_CHANNEL = {"flair": 0, "t1": 1, "t1ce": 2, "t2": 3}
+SUFFIX = {  # layout -> (file-name token of each modality, token of the label)
     "shared": ({"flair": "FLAIR", "t1": "T1", "t1ce": "T1CE", "t2": "T2"}, "GT_W"),
     "brats2020": ({"flair": "flair", "t1": "t1", "t1ce": "t1ce", "t2": "t2"}, "seg"),
     "brats2023": ({"flair": "t2f", "t1": "t1n", "t1ce": "t1c", "t2": "t2w"}, "seg"),
 }
-_SEPARATOR = {"brats2020": "_", "brats2023": "-"}
+SEPARATOR = {"brats2020": "_", "brats2023": "-"}
 _NII = re.compile(r"^(?P<stem>.+)\.nii(\.gz)?$")
 _MONAI_HINT = "pip install rprselect[monai]"
 _RAS_LABELS = (("L", "R"), ("P", "A"), ("I", "S"))  # explicit: MONAI's default is changing
@@ -169,11 +168,11 @@ def _nifti_stems(folder: Path) -> dict[str, Path]:
 
 def _match_layout(stems: dict[str, Path], layout: str) -> tuple[dict[str, Path], Path | None]:
     """Modality -> file and label file of one case folder under ``layout``."""
-    tokens, label_token = _SUFFIX[layout]
+    tokens, label_token = SUFFIX[layout]
     found: dict[str, Path] = {}
     label: Path | None = None
     for stem, path in stems.items():
-        token = stem if layout == "shared" else stem.rsplit(_SEPARATOR[layout], 1)[-1]
+        token = stem if layout == "shared" else stem.rsplit(SEPARATOR[layout], 1)[-1]
         if token == label_token.lower():
             label = path
         for mod, tok in tokens.items():
@@ -198,8 +197,8 @@ def _case_from_folder(
         return None, f"no NIfTI files of layout {layout!r} in {folder}"
     missing = [m for m in mods if m not in images]
     if missing:
-        tokens = _SUFFIX[best_layout][0]
-        sep = _SEPARATOR.get(best_layout, "")
+        tokens = SUFFIX[best_layout][0]
+        sep = SEPARATOR.get(best_layout, "")
         expected = ", ".join(
             f"{'' if best_layout == 'shared' else folder.name + sep}{tokens[m]}.nii.gz"
             for m in missing
@@ -223,7 +222,7 @@ def _msd_cases(root: Path, mods: tuple[str, ...]) -> CaseList:
                     path.name.split(".nii")[0],
                     {m: path for m in mods},
                     label,
-                    channels={m: _MSD_CHANNEL[m] for m in mods},
+                    channels={m: MSD_CHANNEL[m] for m in mods},
                 )
             )
     return CaseList(sorted(cases, key=lambda c: c.case_id), [])
@@ -271,7 +270,7 @@ def find_cases(
     return result
 
 
-def _import_monai() -> tuple[Any, Any]:
+def import_monai() -> tuple[Any, Any]:
     try:
         import monai.transforms as mt
         import nibabel as nib
@@ -341,7 +340,7 @@ def load_case(
         )
     if spacing is not None and not (isinstance(spacing, (int, float)) and spacing > 0):
         raise ValueError(f"spacing must be a positive number of mm or None, got {spacing!r}")
-    mt, nib = _import_monai()
+    mt, nib = import_monai()
     from monai.data import MetaTensor
 
     arrays, affine, first = [], None, None
@@ -415,8 +414,3 @@ def load_cases(
         result.images.append(image)
         result.labels.append(label)
     return result
-
-
-# The synthetic writer lives in its own module to keep this one short (house style: modules under
-# about 400 lines); it is re-exported here because it belongs to this module's API.
-from rprselect.data.synthetic import write_synthetic_brats  # noqa: E402

@@ -12,12 +12,12 @@ from pathlib import Path
 import numpy as np
 
 from rprselect.data.brats import (
-    _MSD_CHANNEL,
-    _SEPARATOR,
-    _SUFFIX,
     MODALITIES,
-    _import_monai,
+    MSD_CHANNEL,
+    SEPARATOR,
+    SUFFIX,
     canonical_modality,
+    import_monai,
 )
 
 __all__ = ["write_synthetic_brats"]
@@ -111,7 +111,7 @@ def write_synthetic_brats(
     mods = [canonical_modality(m) for m in modalities]
     if layout == "msd":
         mods = list(MODALITIES)
-    _, nib = _import_monai()
+    _, nib = import_monai()
     root = Path(root)
     rng = np.random.default_rng(seed)
     ids = []
@@ -120,7 +120,7 @@ def write_synthetic_brats(
         volumes, label = _phantom(tuple(int(s) for s in shape), mods, rng)  # type: ignore[arg-type]
         if layout == "msd":
             stack = np.stack(
-                [volumes[m] for m in sorted(mods, key=_MSD_CHANNEL.__getitem__)], axis=-1
+                [volumes[m] for m in sorted(mods, key=MSD_CHANNEL.__getitem__)], axis=-1
             )
             for sub, data in (("imagesTr", stack), ("labelsTr", label)):
                 (root / sub).mkdir(parents=True, exist_ok=True)
@@ -129,8 +129,8 @@ def write_synthetic_brats(
             continue
         folder = root / case_id
         folder.mkdir(parents=True, exist_ok=True)
-        tokens, label_token = _SUFFIX[layout]
-        prefix = "" if layout == "shared" else case_id + _SEPARATOR[layout]
+        tokens, label_token = SUFFIX[layout]
+        prefix = "" if layout == "shared" else case_id + SEPARATOR[layout]
         for mod in mods:
             nib.save(
                 nib.Nifti1Image(volumes[mod], _AFFINE), folder / f"{prefix}{tokens[mod]}.nii.gz"
