@@ -7,8 +7,6 @@ upsampling (Lemma 3). The Adjoint CNN tracer treats it as one leaf layer.
 
 from __future__ import annotations
 
-import math
-
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -62,10 +60,3 @@ class NearestUpsample(nn.Module):
 
     def extra_repr(self) -> str:
         return f"scale_factor={self.scale_factor}"
-
-
-def window_volume(kernel_size: int | tuple[int, ...], dims: int) -> int:
-    """Number of elements in a pooling window."""
-    if isinstance(kernel_size, int):
-        return kernel_size**dims
-    return math.prod(kernel_size)

@@ -106,9 +106,6 @@ class Rule(nn.Module):
     def adjoint(self, z: Tensor) -> list[Tensor]:
         raise NotImplementedError
 
-    def _rows(self, z: Tensor) -> int:
-        return z.shape[0]
-
 
 class Conv(Rule):
     """Convolution (no bias); adjoint: a convolution with the kernel flipped in space and its
@@ -446,7 +443,6 @@ class Nearest(Rule):
         src = resample(grid)
         self.out_spatial = tuple(src.shape[2:])
         self.register_buffer("source", src.flatten().long(), persistent=False)
-        self.resample = resample
 
     def forward(self, t: Tensor) -> Tensor:
         flat = t.flatten(2).index_select(2, self.source)
