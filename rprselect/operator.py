@@ -94,9 +94,8 @@ class LinearOperator:
             raise TypeError(f"{name} must be a torch.Tensor, got {type(block).__name__}")
         B = self.n_samples
         if block.dim() != 2 + len(shape) or tuple(block.shape[2:]) != shape or block.shape[0] != B:
-            raise ValueError(
-                f"{name} must have shape ({B}, b, {str(shape)[1:-1]}), got {tuple(block.shape)}"
-            )
+            dims = ", ".join(map(str, shape))
+            raise ValueError(f"{name} must have shape ({B}, b, {dims}), got {tuple(block.shape)}")
         block = block.to(device=self.device, dtype=self.dtype)
         out = self._rmatmat(block) if adjoint else self._matmat(block)
         self.n_products += block.shape[0] * block.shape[1]
