@@ -14,6 +14,7 @@ import argparse
 import csv
 import math
 import os
+import re
 import secrets
 import sys
 import warnings
@@ -71,6 +72,11 @@ def check_writable(path: Path, what: str, example: str = "scores.csv") -> None:
             f"{what} {path} is a folder; give a file name, e.g. {path / example}"
         )
     folder = path.parent
+    above = next((p for p in (folder, *folder.parents) if p.exists()), None)
+    if above is not None and not above.is_dir():
+        raise NotADirectoryError(
+            f"{what} {path} cannot be written: {above} is a file, not a folder"
+        )
     try:
         folder.mkdir(parents=True, exist_ok=True)
         probe = folder / f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.probe"
@@ -96,10 +102,12 @@ def rprselect_warnings(caught: Sequence[warnings.WarningMessage]) -> list[str]:
 
     A warning is rprselect's when its category is defined in rprselect, or when it is a
     ``UserWarning`` issued from rprselect's code; deprecation notices and warnings of torch,
-    MONAI or the user's model are dropped (``RPRSELECT_DEBUG=1`` shows them all).
+    MONAI or the user's model are dropped (``RPRSELECT_DEBUG=1`` shows them all). Warnings
+    that differ only in their numbers (one per batch, say) count as one, shown with the first
+    message and how many times it came.
     """
     debug = bool(os.environ.get("RPRSELECT_DEBUG"))
-    seen: dict[str, None] = {}
+    seen: dict[tuple[str, str], list[Any]] = {}
     for w in caught:
         category = type(w.message)
         ours = category.__module__.split(".")[0] == "rprselect" or (
@@ -108,8 +116,10 @@ def rprselect_warnings(caught: Sequence[warnings.WarningMessage]) -> list[str]:
             and os.path.abspath(w.filename).startswith(_PACKAGE + os.sep)
         )
         if ours or debug:
-            seen.setdefault(" ".join(str(w.message).split()), None)
-    return list(seen)
+            text = " ".join(str(w.message).split())
+            key = (category.__name__, re.sub(r"\d[\d.eE+-]*", "#", text))
+            seen.setdefault(key, [text, 0])[1] += 1
+    return [text if n == 1 else f"{text} [{n} times]" for text, n in seen.values()]
 
 
 def _warn_dense(model: nn.Module, pool: Any, k: int, roi: tuple[int, ...] | None) -> str | None:

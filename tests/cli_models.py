@@ -74,3 +74,44 @@ def tiny_seg3d() -> nn.Module:
 
 
 NOT_A_FACTORY = 3
+
+
+def tiny_seg2d() -> nn.Module:
+    """Fully convolutional ``(1, H, W) -> (2, H, W)``: A[x] is 2HW x HW, large for dense."""
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Conv2d(1, 2, 3, padding=1, bias=False))
+
+
+class _Noisy(nn.Module):
+    """``tiny_cnn`` with a GELU (no adjoint rule: autograd, and a warning per batch) whose
+    forward also warns, as user code and third-party libraries do."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.net = nn.Sequential(
+            nn.Conv2d(1, 4, 3, padding=1, bias=False),
+            nn.GELU(),
+            SumPool(2),
+            nn.Flatten(),
+            nn.Linear(4 * 16, 5, bias=False),
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        import warnings
+
+        warnings.warn("`torch.jit.script` is deprecated (model)", DeprecationWarning, stacklevel=1)
+        warnings.warn("a user warning from the model", UserWarning, stacklevel=1)
+        return self.net(x)
+
+
+def noisy_cnn() -> nn.Module:
+    """A model whose forward warns (deprecation and user warnings) and needs autograd."""
+    return _Noisy()
+
+
+def tiny_mlp() -> nn.Module:
+    """Classifier of ``(1, 8, 8)`` images with no convolution: its sample shape is unknown."""
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Flatten(), nn.Linear(64, 6, bias=False), nn.ReLU(),
+                         nn.Linear(6, 3, bias=False))  # fmt: skip
