@@ -21,6 +21,10 @@ BENCHMARKS: dict[str, tuple[str, str]] = {
     "solvers": ("solvers", "solver cost against the paper's SLEPc method, and throughput"),
     "active-learning": ("active_learning", "learning curves of RPR against standard acquisitions"),
     "scaling": ("scaling", "pool-scoring scaling from 1 to N processes (torch.distributed)"),
+    "failure-prediction": (
+        "failure_prediction",
+        "how well each acquisition score predicts the model's errors (AUROC, Dice)",
+    ),
 }
 
 

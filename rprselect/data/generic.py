@@ -11,7 +11,7 @@ its value, scaled to ``[0, 1]``, exceeds 0.5 (or, with ``invert_label=True``, wh
 ``downsample=F`` averages the image over ``F x F`` blocks and takes the majority of the label in
 each block; ``tile=T`` cuts every (downsampled) image into non-overlapping ``T x T`` patches.
 
-Only numpy and torch are imported here; reading PNG uses the reader of :mod:`rprselect.pool`
+Only numpy and torch are imported here; reading PNG uses the reader of :mod:`rprselect.pool_files`
 (Pillow, else matplotlib), imported when a file is read.
 """
 
@@ -200,7 +200,7 @@ def load_npz(path: str | Path) -> NpzData:
 
 
 def _read(path: Path) -> np.ndarray:
-    from rprselect.pool import _read_png
+    from rprselect.pool_files import _read_png
 
     try:
         a = _read_png(path)
