@@ -239,3 +239,17 @@ def test_import_needs_only_torch_and_numpy() -> None:
     )
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert proc.stdout.strip() == rprselect.__version__
+
+
+def test_gelu_model_warning_names_the_activation_not_constants() -> None:
+    """A bias-free GELU network has no constant term: the warning must not blame constants
+    (issue 15, item 9), it names the layer that is not piecewise linear."""
+    net = nn.Sequential(nn.Conv2d(1, 2, 3, padding=1, bias=False), nn.GELU()).double()
+    x = torch.rand(1, 6, 6, dtype=torch.float64) + 0.1
+    with pytest.warns(NotHomogeneousWarning) as rec:
+        rprselect.linearize(net, x)
+    msg = " ".join(str(w.message) for w in rec if w.category is NotHomogeneousWarning)
+    assert "GELU" in msg and "not piecewise linear" in msg, msg
+    assert "with constant terms (" not in msg, msg
+    gap = rprselect.homogeneity_error(net, x)
+    assert f"{gap:.2g}" in msg and gap > 1e-3

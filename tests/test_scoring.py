@@ -238,6 +238,29 @@ def test_default_batch_size_follows_the_sample_size() -> None:
     assert default_batch_size(28 * 28) == 64
     assert default_batch_size(64**3) == 4
     assert default_batch_size(4 * 128**3) == 1
+    # a small pool is cut into at least ~8 batches, so that the progress bar moves (30 small
+    # images used to be one batch of 30, with the bar at 0% until the end)
+    assert default_batch_size(32 * 32, 30) == 4
+    assert default_batch_size(32 * 32, 10_000) == 64
+    assert default_batch_size(64**3, 3) == 1
+
+
+def test_progress_bar_moves_during_a_small_pool(model, pool, monkeypatch) -> None:
+    import rprselect.engine as engine
+
+    updates: list[int] = []
+
+    class Bar:
+        def update(self, n: int = 1) -> None:
+            updates.append(n)
+
+        def close(self) -> None:
+            pass
+
+    monkeypatch.setattr(engine, "progress_bar", lambda *a, **k: Bar())
+    monkeypatch.setattr("rprselect.scoring.progress_bar", lambda *a, **k: Bar())
+    score(model, pool, k=2)
+    assert sum(updates) == len(pool) and len(updates) >= 5, updates
 
 
 def test_progress_without_tqdm_still_scores(model, pool, reference, monkeypatch) -> None:
