@@ -390,6 +390,7 @@ def _plan(
     names = _names(pool, ids, n)
     lab = None if labels is None else labels_array(labels, n)
     device, dtype = model_device(model, s)
+    next(iter_pool(pool, names, s.image_key, model=model), None)  # refuses a pool of wrong rank
     shape = _first_usable(pool, names, s.image_key)
     size = batch_for(s, shape or (1,), n)
     fp = s.fingerprint(model, None if lab is None else lab.numpy())

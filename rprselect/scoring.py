@@ -160,7 +160,7 @@ class _Run:
             bar.update(len(items))
 
         try:
-            for item in iter_pool(self.pool, self.ids, s.image_key):
+            for item in iter_pool(self.pool, self.ids, s.image_key, model=self.model):
                 err = item.error or check_item(item, None)
                 if err is not None:
                     self._fail(err)

@@ -211,9 +211,7 @@ TABLE: list[Case] = [
          lambda tmp: list(iter_pool(_pool_of((1, 8, 8)), model=tiny_cnn())), ValueError,
          NO_BATCH_DIM),
     Case("5-sample-without-batch-dim-score", lambda tmp: _score(_pool_of((1, 8, 8))), ValueError,
-         NO_BATCH_DIM, marks=(pytest.mark.xfail(
-             strict=True, reason="needs the engine to call iter_pool(..., model=model) (issue 11)"
-         ),)),
+         NO_BATCH_DIM),
     Case("5-channels-missing-iter-pool",
          lambda tmp: list(iter_pool(_pool_of((6, 8, 8)), model=tiny_cnn())), ValueError,
          r"pool of shape \(6, 8, 8\) was read as 6 samples of shape \(8, 8\) \(2 dims\), .*; "
