@@ -20,6 +20,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from rprselect.batches import ranked_batch
 from rprselect.scoring import score
 from rprselect.select import select
 from rprselect.table import ScoreTable
@@ -158,17 +159,6 @@ def rpr_sampling(
     return chosen.indices, chosen.scores
 
 
-def _nearest_distances(
-    X: np.ndarray, ref: np.ndarray, metric: Any, chunk: int = 4096
-) -> np.ndarray:
-    from sklearn.metrics import pairwise_distances
-
-    out = np.empty(X.shape[0])
-    for i in range(0, X.shape[0], chunk):
-        out[i : i + chunk] = pairwise_distances(X[i : i + chunk], ref, metric=metric).min(1)
-    return out
-
-
 def rpr_batch_sampling(
     classifier: Any,
     X: Any,
@@ -180,11 +170,13 @@ def rpr_batch_sampling(
 ) -> tuple[np.ndarray, np.ndarray]:
     """Ranked batch-mode sampling (Cardoso et al. 2017, modAL's ``ranked_batch``) with RPR.
 
-    The uncertainty of a sample is ``1 - RPR(x; k)``. Samples are picked one at a time, each
-    maximising
+    The one implementation, :func:`rprselect.batches.ranked_batch` (also behind
+    ``select(strategy="diverse")``), with utility :math:`-\\mathrm{RPR}(x; k)` scaled to
+    :math:`\\tilde u(x) \\in [0, 1]` (min-max over the pool, 1 = lowest RPR). Samples are
+    picked one at a time, each maximising
 
     .. math:: s(x) = \\alpha\\,\\big(1 - \\mathrm{sim}(x)\\big)
-        + (1 - \\alpha)\\,\\big(1 - \\mathrm{RPR}(x; k)\\big),
+        + (1 - \\alpha)\\,\\tilde u(x),
         \\qquad \\mathrm{sim}(x) = \\frac{1}{1 + \\min_{x' \\in L} d(x, x')}
 
     where ``L`` is the labelled set (the learner's ``X_training``) plus the samples picked so
@@ -221,23 +213,8 @@ def rpr_batch_sampling(
     rpr[table.index] = table.rpr
     feats = pool.detach().cpu().double().numpy().reshape(N, -1)
     labelled = getattr(classifier, "X_training", None)
-    n_labelled = 0
-    nearest = np.full(N, np.inf)
+    ref = None
     if labelled is not None and len(labelled) > 0:
         ref = np.asarray(labelled, dtype=np.float64).reshape(len(labelled), -1)
-        nearest = _nearest_distances(feats, ref, metric)
-        n_labelled = len(labelled)
-    picked: list[int] = []
-    free = np.ones(N, dtype=bool)
-    for _ in range(n_instances):
-        n_free = int(free.sum())
-        a = alpha if alpha is not None else n_free / (n_free + n_labelled + len(picked))
-        sim = 1.0 / (1.0 + nearest)  # 0 where nothing is labelled yet
-        s = a * (1.0 - sim) + (1.0 - a) * (1.0 - rpr)
-        s[~free] = -np.inf
-        i = int(np.argmax(s)) if n_labelled + len(picked) else int(np.argmin(rpr))
-        picked.append(i)
-        free[i] = False
-        nearest = np.minimum(nearest, _nearest_distances(feats, feats[i : i + 1], metric))
-    idx = np.asarray(picked, dtype=np.int64)
+    idx = ranked_batch(-rpr, feats, n_instances, alpha=alpha, labelled_features=ref, metric=metric)
     return idx, rpr[idx]

@@ -164,6 +164,16 @@ ACQUISITIONS: dict[str, Acquisition] = {
 }
 
 
+def _from_table(table: Any, logits: Any, x_norm: Any) -> tuple[Any, Any]:
+    """Default ``logits`` and ``x_norm`` to the columns a ScoreTable may carry."""
+    if logits is None and getattr(table, "logits", None) is not None:
+        logits = table.logits  # a ScoreTable that kept the model's outputs
+    if x_norm is None and getattr(table, "input_norm", None) is not None:
+        norms = np.asarray(table.input_norm, dtype=np.float64)
+        x_norm = None if np.isnan(norms).any() else norms
+    return logits, x_norm
+
+
 def utility_of(
     name: str,
     table: Any = None,
@@ -177,6 +187,7 @@ def utility_of(
     """The ``(N,)`` utility of acquisition ``name`` (see :func:`acquire` for the arguments)."""
     if not isinstance(name, str) or name not in ACQUISITIONS:
         raise ValueError(f"name must be one of {sorted(ACQUISITIONS)}, got {name!r}")
+    logits, x_norm = _from_table(table, logits, x_norm)
     if labelled is not None and not isinstance(labelled, Labelled):
         raise TypeError(f"labelled must be a Labelled or None, got {type(labelled).__name__}")
     if table is not None:
@@ -224,8 +235,9 @@ def acquire(
         name: a key of :data:`ACQUISITIONS`.
         table: a ScoreTable or ``(N, k)`` RPR curves (``None`` for scores without RPR).
         n: batch size, ``1 <= n <= N``.
-        logits: ``(N, C)`` model outputs on the same rows.
-        x_norm: ``(N,)`` input norms.
+        logits: ``(N, C)`` model outputs on the same rows (default: ``table.logits`` when the
+            ScoreTable kept them).
+        x_norm: ``(N,)`` input norms (default: ``table.input_norm`` when known).
         labelled: statistics of the labelled set (:class:`Labelled`).
         rng: Generator or seed for ties and stochastic batches (``None``: seed 0).
         batch: ``"top"``, ``"stratified"`` (needs ``logits`` and ``labelled``) or ``"power"``.
@@ -240,6 +252,7 @@ def acquire(
         TypeError: a bad parameter or argument type.
     """
     gen = _rng(rng)
+    logits, x_norm = _from_table(table, logits, x_norm)
     u = utility_of(
         name, table, logits=logits, x_norm=x_norm, labelled=labelled, rng=gen, params=params
     )

@@ -6,10 +6,12 @@ to fail (paper Section 1.2), so both strategies favour low RPR:
 
 - ``"lowest"``: the ``n`` samples with the lowest RPR at rank k.
 - ``"diverse"``: ranked batch selection (Cardoso et al. 2017, as in modAL's ``ranked_batch``)
-  restricted to the ``candidates * n`` lowest-RPR samples. It starts from the lowest RPR, then
+  restricted to the ``candidates * n`` lowest-RPR samples, by
+  :func:`rprselect.batches.ranked_batch` (the same function as
+  ``rprselect.integrations.modal.rpr_batch_sampling``). It starts from the lowest RPR, then
   greedily adds the candidate maximising
 
-  .. math:: s_i = \\alpha\\,(1 - \\rho_i) + (1 - \\alpha)\\,\\frac{d_i}{\\max_j d_j}
+  .. math:: s_i = \\alpha\\,(1 - \\rho_i) + (1 - \\alpha)\\,\\Big(1 - \\frac{1}{1 + d_i}\\Big)
 
   where :math:`\\rho_i \\in [0, 1]` is the candidate's RPR rank among the candidates
   (0 = lowest RPR) and :math:`d_i` its Euclidean distance to the nearest sample already picked,
@@ -25,6 +27,7 @@ from typing import Any, Literal
 
 import numpy as np
 
+from .batches import ranked_batch
 from .scoring import ScoreTable, score
 
 __all__ = ["Selection", "select", "RPRSelector"]
@@ -144,20 +147,11 @@ def select(
 
 
 def _ranked_batch(feats: np.ndarray, n: int, alpha: float) -> np.ndarray:
-    """Greedy ranked batch over candidates already sorted by ascending RPR."""
-    m = feats.shape[0]
-    rank = np.arange(m) / max(m - 1, 1)  # 0 = lowest RPR
-    picked = [0]
-    nearest = np.linalg.norm(feats - feats[0], axis=1)
-    for _ in range(n - 1):
-        scale = nearest.max()
-        dist = nearest / scale if scale > 0 else np.zeros(m)
-        s = alpha * (1.0 - rank) + (1.0 - alpha) * dist
-        s[picked] = -np.inf
-        i = int(np.argmax(s))
-        picked.append(i)
-        nearest = np.minimum(nearest, np.linalg.norm(feats - feats[i], axis=1))
-    return np.asarray(picked, dtype=np.int64)
+    """Ranked batch over candidates already sorted by ascending RPR: the one implementation,
+    :func:`rprselect.batches.ranked_batch`, with the RPR rank as utility and ``1 - alpha`` as
+    the weight of dissimilarity."""
+    utility = -np.arange(feats.shape[0], dtype=np.float64)  # 0 = lowest RPR = best
+    return ranked_batch(utility, feats, n, alpha=1.0 - alpha)
 
 
 class RPRSelector:
