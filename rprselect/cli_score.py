@@ -173,9 +173,21 @@ def _failure_summary(failures: Sequence[Any], total: int, path: Path) -> str:
     )
 
 
+def _roi(text: str | None) -> tuple[int, ...] | None:
+    if text is None:
+        return None
+    try:
+        roi = tuple(int(v) for v in text.split(","))
+    except ValueError as err:
+        raise ValueError(
+            f"--roi-size must be integers separated by commas, e.g. 64,64,64, got {text!r}"
+        ) from err
+    return roi
+
+
 def run_score(args: argparse.Namespace) -> int:
     """``rprselect score``; returns the exit code (see :mod:`rprselect.cli`)."""
-    from .cli import _roi, load_bundle, load_model
+    from .checkpoints import load_bundle, load_model
     from .distributed import is_distributed_launch, is_main_rank
     from .pool import load_pool
     from .scoring import score
