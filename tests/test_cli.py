@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -613,3 +614,49 @@ def test_demo_scores_csv_reports_lpr_at_the_reported_rank(tmp_path: Path) -> Non
         assert float(rows[sid][3]) == lpr_curve[int(sid), 2]
         assert got.lpr_curve is not None
         np.testing.assert_array_equal(got.lpr_curve[i], lpr_curve[int(sid)])
+
+
+def test_brats_cpu_estimate_arithmetic(monkeypatch) -> None:
+    from rprselect.benchmarks import brats
+
+    monkeypatch.setattr(brats, "_step_seconds", lambda s, n_in, dims, patch: (1.0, 16))
+    s = dict(brats.PRESETS["paper"], preset="paper")
+    text = brats.cpu_estimate(s, [2, 2], 4, [(240, 240, 155)])
+    # 3-D: 1000 epochs * ceil(2 patches * 2 cases / batch 2) * 2 folds = 4000 steps of 1 s; the
+    # same for 2-D (2 patches per case); SVD: 2*2*2 windows * 70 products * 1/2 s = 280 s
+    assert text.startswith(
+        "estimated run time on this CPU: at least 2.3 hours (3-D training 66.7 minutes, 2-D "
+        "training 66.7 minutes, volume SVDs 4.67 minutes; one 3-D step on a 16^3 patch, "
+        "scaled to 128^3: 1 s). The paper preset is a GPU job: pass --device cuda, or --cpu"
+    ), text
+    assert "GPU job" not in brats.cpu_estimate(dict(s, preset="cpu"), [2, 2], 4, [(240,) * 3])
+
+
+def test_bench_brats_on_cpu_prints_the_estimate_before_training(
+    tmp_path: Path, monkeypatch, capsys
+) -> None:
+    pytest.importorskip("monai")
+    pytest.importorskip("nibabel")
+    from rprselect.benchmarks import brats
+    from rprselect.data.synthetic import write_synthetic_brats
+
+    write_synthetic_brats(tmp_path / "data", n_cases=4, shape=(16, 16, 8),
+                          modalities=("flair", "t1"), seed=0)  # fmt: skip
+
+    class Started(Exception):
+        pass
+
+    def train(*args, **kwargs):
+        raise Started
+
+    monkeypatch.setattr(brats, "_train_or_load", train)
+    with pytest.raises(Started):
+        brats.main(["--data-dir", str(tmp_path / "data"), "--modalities", "flair,t1",
+                    "--out", str(tmp_path / "out"), "--folds", "2", "--threads", "1"])  # fmt: skip
+    out = capsys.readouterr().out
+    line = next(ln for ln in out.splitlines() if ln.startswith("estimated run time"))
+    assert re.fullmatch(
+        r"estimated run time on this CPU: at least [\d.]+ (days|hours) \(.*\)\. The paper "
+        r"preset is a GPU job: pass --device cuda, or --cpu .*",
+        line,
+    ), line

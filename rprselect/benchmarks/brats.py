@@ -22,13 +22,15 @@ models are not on one scale, so the pooled correlation mixes models and samples.
 
 Modes: the defaults are the paper's (128³ patches, depth 5, 32 filters, 1000 epochs: a GPU job);
 ``--cpu`` is a preset sized for a few volumes on 2 CPU cores; ``--quick`` runs on synthetic
-volumes in about a minute.
+volumes in about a minute. A CPU run that trains prints :func:`cpu_estimate`, a measured lower bound
+of its run time, before it starts.
 """
 
 from __future__ import annotations
 
 import argparse
 import csv
+import sys
 import tempfile
 from collections.abc import Sequence
 from pathlib import Path
@@ -44,7 +46,7 @@ from rprselect.benchmarks.common import (
     write_json,
 )
 
-__all__ = ["add_arguments", "run", "main", "PRESETS"]
+__all__ = ["add_arguments", "run", "main", "PRESETS", "cpu_estimate"]
 
 #: settings of ``--cpu`` and ``--quick``; explicit command-line values override them
 PRESETS: dict[str, dict[str, Any]] = {
@@ -185,6 +187,65 @@ def _train_or_load(
     return model, {"best_epoch": res.best_epoch, "best_val_dice": res.best_val_dice}
 
 
+#: matrix products of one rank-10 volume SVD, as measured on the --cpu run (54-78, docs/brats.md)
+PRODUCTS_PER_SVD = 70
+
+
+def _step_seconds(s: dict[str, Any], n_in: int, dims: int, patch: int) -> tuple[float, int]:
+    """Seconds of one training step (batch 2, forward and backward) at ``patch``, measured on
+    the smallest patch the network takes and scaled by the number of voxels."""
+    import time
+
+    import torch
+
+    small = min(patch, max(16, 2 ** (s["depth"] - 1)))
+    model = _model(s, n_in, dims)
+    x = torch.rand(2, n_in, *(small,) * dims)
+    model(x[:1]).sum().backward()  # warm-up: first-call allocations
+    t0 = time.perf_counter()
+    model(x).square().mean().backward()
+    return (time.perf_counter() - t0) * (patch / small) ** dims, small
+
+
+def cpu_estimate(
+    s: dict[str, Any], n_train: Sequence[int], n_in: int, shapes: Sequence[tuple[int, ...]]
+) -> str:
+    """A rough lower bound of the run time on this CPU, said before the run starts.
+
+    Training: ``epochs * ceil(patches * n_train / 2)`` steps per fold and model, each timed
+    once on a small patch and scaled by the voxel count. Volume SVDs: about
+    :data:`PRODUCTS_PER_SVD` window passes per sliding window of each volume. Validation
+    and the slice SVDs are left out, so the run takes longer.
+    """
+    t3, small3 = _step_seconds(s, n_in, 3, s["patch"])
+    t2, _ = _step_seconds(s, n_in, 2, s["patch2d"])
+    steps3 = sum(s["epochs"] * -(-2 * n // 2) for n in n_train)
+    steps2 = sum(s["epochs"] * -(-s["patches2d"] * n // 2) for n in n_train)
+    windows = sum(int(np.prod([-(-d // s["patch"]) for d in sh])) for sh in shapes)
+    svd = windows * PRODUCTS_PER_SVD * t3 / 2
+    total = steps3 * t3 + steps2 * t2 + svd
+    text = (
+        f"estimated run time on this CPU: at least {_duration(total)} (3-D training "
+        f"{_duration(steps3 * t3)}, 2-D training {_duration(steps2 * t2)}, volume SVDs "
+        f"{_duration(svd)}; one 3-D step on a {small3}^3 patch, scaled to {s['patch']}^3: "
+        f"{t3:.3g} s)"
+    )
+    if s["preset"] != "cpu":
+        text += (
+            f". The {s['preset']} preset is a GPU job: pass --device cuda, or --cpu for the "
+            "preset sized for a few volumes on 2 CPU cores (docs/brats.md: 28 minutes for 7 "
+            "cases); Ctrl-C stops it"
+        )
+    return text
+
+
+def _duration(seconds: float) -> str:
+    for unit, size in (("days", 86400), ("hours", 3600), ("minutes", 60)):
+        if seconds >= 2 * size:
+            return f"{seconds / size:.3g} {unit}"
+    return f"{seconds:.3g} s"
+
+
 def _write_csv(path: Path, rows: Sequence[dict[str, Any]]) -> None:
     if not rows:
         path.write_text("")
@@ -227,6 +288,10 @@ def run(args: argparse.Namespace) -> int:
     else:
         folds = kfold_splits(data.case_ids, s["folds"], seed=args.seed)
         write_json(splits_path, {"folds": [f.__dict__ for f in folds], "seed": args.seed})
+    if not args.quick and not args.reuse and torch.device(args.device).type == "cpu":
+        shapes = [tuple(im.shape[1:]) for im in data.images]
+        print(cpu_estimate(s, [len(f.train) for f in folds], data.images[0].shape[0], shapes))
+        sys.stdout.flush()
     idx = {c: i for i, c in enumerate(data.case_ids)}
     vol_rows: list[dict[str, Any]] = []
     slice_rows: list[dict[str, Any]] = []
