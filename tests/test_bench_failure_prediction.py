@@ -185,3 +185,26 @@ def test_bad_data_is_a_clear_error(tmp_path: Path, capsys: pytest.CaptureFixture
     assert "--data must be digits, mnist, brats, npz:PATH or pngseg:DIR" in capsys.readouterr().err
     assert bench.main(["--quick", "--default-score", "nope", "--out", str(tmp_path)]) == 2
     assert "--default-score must be one of" in capsys.readouterr().err
+
+
+def test_quick_npz_and_weights(tmp_path: Path) -> None:
+    """A 3-class, 3-channel, 10x10 MedMNIST-style archive (padded to 12x12), then --weights."""
+    rng = np.random.default_rng(0)
+    arrays: dict[str, np.ndarray] = {}
+    for split, n in (("train", 90), ("val", 30), ("test", 60)):
+        y = rng.integers(0, 3, n)
+        x = rng.integers(0, 80, (n, 10, 10, 3)).astype(np.uint8)
+        for c in range(3):
+            x[y == c, 2 * c : 2 * c + 4, :, c] += 150  # a class-specific bright band
+        arrays[f"{split}_images"], arrays[f"{split}_labels"] = x, y[:, None]
+    np.savez(tmp_path / "d.npz", **arrays)
+    status, results = _quick(tmp_path / "a", "--data", f"npz:{tmp_path / 'd.npz'}", "--k", "3")
+    assert status == 0
+    c = results["summary"]["classification"]
+    assert c["n"] == 60 and results["units"]["model"]["num_classes"] == 3
+    assert results["units"]["model"]["n_ref"] == 30
+    weights = tmp_path / "a" / "models" / "model.pt"
+    status, again = _quick(tmp_path / "b", "--data", f"npz:{tmp_path / 'd.npz'}", "--k", "3",
+                           "--weights", str(weights))  # fmt: skip
+    assert status == 0 and again["units"]["model"]["loaded"] == str(weights)
+    assert again["summary"] == results["summary"]  # the same model gives the same numbers
