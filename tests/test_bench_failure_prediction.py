@@ -190,7 +190,7 @@ def test_bad_data_is_a_clear_error(tmp_path: Path, capsys: pytest.CaptureFixture
 def test_quick_npz_and_weights(tmp_path: Path) -> None:
     """A 3-class, 3-channel, 10x10 MedMNIST-style archive (padded to 12x12), then --weights."""
     rng = np.random.default_rng(0)
-    arrays: dict[str, np.ndarray] = {}
+    arrays: dict[str, Any] = {}
     for split, n in (("train", 90), ("val", 30), ("test", 60)):
         y = rng.integers(0, 3, n)
         x = rng.integers(0, 80, (n, 10, 10, 3)).astype(np.uint8)
