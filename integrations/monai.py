@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import os
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -48,7 +49,11 @@ class RPRHandler:
     - sets ``engine.state.rpr_proposals``: a list of ``{"rank", "id", "index", "rpr",
       "converged"}`` dicts, lowest RPR first;
     - sets ``engine.state.rpr_scores``: the whole :class:`~rprselect.scoring.ScoreTable`;
-    - writes ``output_dir/rpr_epoch{N}.json`` with the epoch, the settings and the proposals;
+    - writes ``output_dir/rpr_epoch{N}.json`` with the epoch, the settings and the proposals,
+      and ``output_dir/rpr_epoch{N}.png``: the proposed samples with their RPR (middle axial
+      slice of a volume, the network's prediction laid over it) and the pool's RPR histogram
+      with the proposals marked (:func:`rprselect.plots.plot_proposals`, as
+      ``rprselect select --plot`` draws it);
     - appends the proposals to ``history_`` (a dict from epoch to proposals).
 
     Args:
@@ -72,6 +77,8 @@ class RPRHandler:
         ids: one id per pool sample; default file names for a FilePool, else positions.
         network: the model to score; default ``engine.network`` (a MONAI trainer's).
         progress: show a progress bar while scoring.
+        plot: write the PNG beside the JSON (needs matplotlib; without it a warning says so
+            and only the JSON is written).
 
     Raises:
         ValueError: ``every``, ``n_propose``, ``k`` or ``sw_batch_size`` below 1, an
@@ -102,6 +109,7 @@ class RPRHandler:
         ids: Sequence[str] | None = None,
         network: nn.Module | None = None,
         progress: bool = False,
+        plot: bool = True,
     ) -> None:
         self.pool = pool
         self.every = _positive_int("every", every)
@@ -130,6 +138,7 @@ class RPRHandler:
         self.ids = ids
         self.network = network
         self.progress = progress
+        self.plot = plot
         self.history_: dict[int, list[dict[str, Any]]] = {}
 
     def attach(self, engine: Any) -> None:
@@ -174,6 +183,8 @@ class RPRHandler:
         self.history_[epoch] = proposals
         if self.output_dir is not None:
             self._write(epoch, table, proposals)
+            if self.plot:
+                self._plot(epoch, table, chosen, network)
 
     def score(self, network: nn.Module) -> ScoreTable:
         """RPR of every pool sample under ``network`` as it is now (see the class settings)."""
@@ -217,6 +228,23 @@ class RPRHandler:
         tmp = path.with_suffix(".json.tmp")
         tmp.write_text(json.dumps(data, indent=1))
         os.replace(tmp, path)
+
+    def _plot(self, epoch: int, table: ScoreTable, chosen: Any, network: nn.Module) -> None:
+        try:
+            from rprselect.plots import plot_proposals
+
+            figure = plot_proposals(
+                table,
+                chosen,
+                self.pool if hasattr(self.pool, "__getitem__") else None,  # not a DataLoader
+                model=network,
+                path=Path(self.output_dir) / f"rpr_epoch{epoch}.png",  # type: ignore[arg-type]
+                title=f"epoch {epoch}: the {len(chosen)} lowest-RPR samples",
+            )
+        except ImportError as err:
+            warnings.warn(f"RPRHandler wrote no PNG: {err}", UserWarning, stacklevel=2)
+            return
+        figure.clear()
 
     def __repr__(self) -> str:
         return (

@@ -56,6 +56,13 @@ def _cmd_select(args: argparse.Namespace) -> int:
         print(f"proposed {len(sel)} of {len(table)} samples ({args.strategy}); wrote {args.out}")
     else:
         sys.stdout.write(text)
+    if args.plot:
+        from .plots import plot_from_files
+
+        plot_from_files(
+            table, sel, args.plot, pool=args.pool, model=args.model, weights=args.weights
+        )
+        print(f"wrote {args.plot}", file=sys.stdout if args.out else sys.stderr)
     return 0
 
 
@@ -242,12 +249,17 @@ def build_parser(argv: Sequence[str] = ()) -> argparse.ArgumentParser:
         description="Propose N samples to label from a CSV written by `rprselect score`.",
         epilog="examples:\n  rprselect select --scores scores.csv --n 20\n"
         "  rprselect select --scores scores.csv --n 20 --strategy diverse "
-        "--out proposals.csv",
+        "--out proposals.csv\n"
+        "  rprselect select --scores scores.csv --n 12 --plot proposals.png --pool scans/",
     )
     se.add_argument("--scores", required=True, help="CSV from `rprselect score`")
     se.add_argument("--n", type=int, required=True, help="how many to propose")
     se.add_argument("--strategy", default="lowest", choices=["lowest", "diverse"])
     se.add_argument("--out", help="CSV to write (default: print)")
+    se.add_argument("--plot", help="PNG of the proposals (with --pool) and the RPR histogram")
+    se.add_argument("--pool", help="the scored pool (folder, file or glob), for --plot")
+    se.add_argument("--model", help="package.module:factory, to overlay predictions in --plot")
+    se.add_argument("--weights", help="state dict for --model")
     se.set_defaults(func=_cmd_select)
 
     _add_bench(sub, argv)
