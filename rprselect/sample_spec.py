@@ -56,22 +56,31 @@ def sample_spec(model: nn.Module) -> SampleSpec | None:
     """The sample shape of ``model`` from its first convolution, or ``None`` when unknown.
 
     The first ``nn.Conv1d``/``Conv2d``/``Conv3d`` (or transposed convolution) in
-    ``model.named_modules()`` order gives the dimensions; ``None`` is returned when the model
-    has no convolution, or when its convolutions disagree on the number of spatial dimensions
-    (then the first one need not be the stem).
+    ``model.named_modules()`` order gives the dimensions. ``None`` is returned when the model
+    has no convolution, when its convolutions disagree on the number of spatial dimensions, or
+    when a layer that changes the rank of its input (``Flatten``, ``Unflatten``) or another
+    layer with parameters (e.g. a ``Linear`` stem) comes before that convolution: then the
+    convolution need not see the sample as given.
     """
     if not isinstance(model, nn.Module):
         return None
-    convs = [
-        (name, m) for name, m in model.named_modules() if isinstance(m, nn.modules.conv._ConvNd)
-    ]
-    if not convs:
+    convs = [m for m in model.modules() if isinstance(m, nn.modules.conv._ConvNd)]
+    if not convs or len({len(m.kernel_size) for m in convs}) != 1:
         return None
-    dims = {len(m.kernel_size) for _, m in convs}
-    if len(dims) != 1:
+    first: tuple[str, nn.modules.conv._ConvNd] | None = None
+    for name, m in model.named_modules():
+        if isinstance(m, nn.modules.conv._ConvNd):
+            first = name, m
+            break
+        is_leaf = next(m.children(), None) is None
+        has_params = next(m.parameters(recurse=False), None) is not None
+        norm = isinstance(m, nn.modules.batchnorm._NormBase | nn.GroupNorm | nn.LayerNorm)
+        if isinstance(m, nn.Flatten | nn.Unflatten) or (is_leaf and has_params and not norm):
+            return None
+    if first is None:  # unreachable: convs is not empty
         return None
-    name, first = convs[0]
-    channels = int(first.in_channels) if first.in_channels > 0 else None  # 0: a lazy conv
-    layer = f"{first.__class__.__name__}({first.in_channels}, {first.out_channels}, "
-    layer += f"kernel_size={tuple(first.kernel_size)}) ({name or 'the model'!r})"
-    return SampleSpec(ndim=1 + dims.pop(), channels=channels, layer=layer)
+    name, m = first
+    channels = int(m.in_channels) if m.in_channels > 0 else None  # 0: a lazy conv
+    layer = f"{m.__class__.__name__}({m.in_channels}, {m.out_channels}, "
+    layer += f"kernel_size={tuple(m.kernel_size)}) ({name or 'the model'!r})"
+    return SampleSpec(ndim=1 + len(m.kernel_size), channels=channels, layer=layer)

@@ -660,3 +660,16 @@ def test_bench_brats_on_cpu_prints_the_estimate_before_training(
         r"preset is a GPU job: pass --device cuda, or --cpu .*",
         line,
     ), line
+
+
+def test_a_model_that_reshapes_its_input_is_not_refused() -> None:
+    """The sample rank is read from the first convolution only when nothing before it changes
+    the rank: a model taking ``(1, 64)`` rows through ``nn.Unflatten`` scores them."""
+    from rprselect.sample_spec import sample_spec
+
+    X = torch.from_numpy(_images(3, (1, 8, 8), seed=5))
+    flat = torch.nn.Sequential(torch.nn.Unflatten(2, (8, 8)), *tiny_cnn())
+    assert sample_spec(flat) is None and sample_spec(tiny_cnn()) is not None
+    got = score(flat, X.reshape(3, 1, 64), k=2, progress=False)
+    want = score(tiny_cnn(), X, k=2, progress=False)
+    np.testing.assert_allclose(got.rpr_curve, want.rpr_curve, rtol=1e-5, atol=1e-7)
