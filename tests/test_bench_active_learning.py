@@ -1,4 +1,4 @@
-"""Tests of the active-learning benchmark: acquisition functions and a ``--quick`` run."""
+"""Tests of the active-learning benchmark: statistics by hand, strategies, a ``--quick`` run."""
 
 from __future__ import annotations
 
@@ -6,6 +6,7 @@ import argparse
 import contextlib
 import io
 import json
+import math
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -14,201 +15,160 @@ import numpy as np
 import pytest
 import torch
 
-pytest.importorskip("modAL", reason="the active-learning benchmark needs modAL (rprselect[modal])")
-pytest.importorskip(
-    "skorch", reason="the active-learning benchmark needs skorch (rprselect[modal])"
-)
+pytest.importorskip("scipy", reason="the benchmark's statistics need scipy")
 
-import rprselect  # noqa: E402
+from rprselect import rpr, svd_batch  # noqa: E402
 from rprselect.benchmarks import active_learning as al  # noqa: E402
+from rprselect.benchmarks import al_report as rep  # noqa: E402
 from rprselect.benchmarks import al_strategies as st  # noqa: E402
 from rprselect.benchmarks import load  # noqa: E402
-from rprselect.data import load_digits_tensors  # noqa: E402
-from rprselect.models import MNISTNet  # noqa: E402
+from rprselect.benchmarks.al_baselines import k_center_greedy  # noqa: E402
+from rprselect.benchmarks.al_loop import ALNet, load_data  # noqa: E402
 
 
 @pytest.fixture(scope="module", autouse=True)
 def one_thread() -> Iterator[None]:
-    """One torch thread: on a shared 2-core machine more threads only oversubscribe."""
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
 
 
-@pytest.fixture(scope="module")
-def digits() -> tuple[np.ndarray, np.ndarray]:
-    x, y = load_digits_tensors()
-    return x[:120].numpy(), y[:120].numpy()
+class TestStatistics:
+    def test_auc_by_hand(self) -> None:
+        # trapezoids: 10 * 0.6 + 20 * 0.8 over a span of 30
+        assert rep.auc([10, 20, 40], [0.5, 0.7, 0.9]) == pytest.approx(22 / 30)
+
+    def test_mean_ci_by_hand(self) -> None:
+        m, lo, hi = rep.mean_ci([1.0, 2.0, 3.0])
+        half = 4.302652729911275 * 1.0 / math.sqrt(3)  # t(0.975, 2) * sd / sqrt(n)
+        assert (m, lo, hi) == pytest.approx((2.0, 2.0 - half, 2.0 + half))
+
+    def test_wilcoxon_exact_p(self) -> None:
+        # 6 positive paired differences: exact two-sided p = 2 / 2**6
+        assert rep.wilcoxon_p([1, 2, 3, 4, 5, 6], [0, 0, 0, 0, 0, 0]) == pytest.approx(2 / 64)
+        assert rep.wilcoxon_p([1, 2], [1, 2]) == 1.0
+
+    def test_penalty_matrix_by_hand(self) -> None:
+        # a beats b clearly in round 1 and ties in round 2: P[a, b] = 1/2, P[b, a] = 0
+        a = np.array([[0.5, 0.80, 0.7], [0.5, 0.81, 0.7], [0.5, 0.79, 0.7]])
+        b = np.array([[0.5, 0.60, 0.7], [0.5, 0.62, 0.7], [0.5, 0.61, 0.7]])
+        P = rep.penalty_matrix({"a": a, "b": b})
+        np.testing.assert_allclose(P, [[0.0, 0.5], [0.0, 0.0]])
+
+    def test_mean_rank_with_ties(self) -> None:
+        ranks = rep.mean_rank({"x": [0.9, 0.5], "y": [0.8, 0.5], "z": [0.7, 0.6]})
+        assert ranks == {"x": 1.75, "y": 2.25, "z": 2.0}
+
+
+def test_k_center_matches_brute_force() -> None:
+    g = torch.Generator().manual_seed(0)
+    pool, centres = torch.randn(40, 3, generator=g), torch.randn(5, 3, generator=g)
+    idx, dist = k_center_greedy(pool, centres, 6)
+    chosen = [*centres]
+    for i, d in zip(idx, dist, strict=True):
+        mind = torch.stack([(pool - c).norm(dim=1) for c in chosen]).min(0).values
+        assert int(torch.argmax(mind)) == i
+        assert d == pytest.approx(float(mind[i]))
+        chosen.append(pool[i])
 
 
 @pytest.fixture(scope="module")
-def net() -> MNISTNet:
+def round_() -> st.Round:
+    data = load_data("digits", None, None)
     torch.manual_seed(0)
-    return MNISTNet(in_size=8).eval()
+    model = ALNet(1, 10, 8, width=4, hidden=16, dropout=0.25).eval()
+    return st.Round(
+        model=model,
+        x=data.train_x[:40],
+        lab_x=data.train_x[40:60],
+        lab_y=data.train_y[40:60],
+        n=5,
+        rng=np.random.default_rng(0),
+        k=10,
+        n_classes=10,
+        params={"mc_samples": 3},
+    )
 
 
-class TestKCenter:
-    def test_matches_brute_force(self) -> None:
-        g = torch.Generator().manual_seed(0)
-        pool, centres = torch.randn(40, 3, generator=g), torch.randn(5, 3, generator=g)
-        idx, dist = st.k_center_greedy(pool, centres, 6)
-        chosen = [*centres]
-        for i, d in zip(idx, dist, strict=True):
-            mind = torch.stack([(pool - c).norm(dim=1) for c in chosen]).min(0).values
-            assert int(torch.argmax(mind)) == i, f"pick {i} is not the farthest point"
-            assert d == pytest.approx(float(mind[i]))
-            chosen.append(pool[i])
-        assert len(set(idx.tolist())) == 6
-        assert np.all(np.diff(dist) <= 1e-12), f"distances must not increase: {dist}"
-
-    def test_without_centres(self) -> None:
-        idx, _ = st.k_center_greedy(torch.randn(10, 2), torch.empty(0), 10)
-        assert sorted(idx.tolist()) == list(range(10))
-
-    def test_bad_n(self) -> None:
-        with pytest.raises(ValueError, match="n must satisfy"):
-            st.k_center_greedy(torch.randn(3, 2), torch.empty(0), 4)
+def test_exact_rpr_curves_match_the_dense_solver(round_: st.Round) -> None:
+    x = torch.from_numpy(round_.x[:6])
+    want = rpr(svd_batch(round_.model, x, k=10, solver="dense"), x).numpy()
+    np.testing.assert_allclose(st.exact_rpr_curves(round_.model, round_.x[:6], 10), want, atol=1e-5)
 
 
-class TestStrategies:
-    def test_rpr_scores_match_svd(self, net: MNISTNet, digits: Any) -> None:
-        x = digits[0][:20]
-        want = rprselect.rpr(
-            rprselect.svd_batch(net, torch.from_numpy(x), k=10), torch.from_numpy(x)
-        )
-        got = st.rpr_scores(net, x, k=10)
-        np.testing.assert_allclose(got, want[:, -1].numpy(), rtol=1e-5, atol=1e-7)
-        assert np.all((got >= 0) & (got <= 1 + 1e-9))
-
-    def test_adapter_agrees_with_direct_path(self, net: MNISTNet, digits: Any) -> None:
-        pytest.importorskip("rprselect.integrations.modal", reason="modAL adapter not installed")
-        x = digits[0][:20]
-        assert st.rpr_source().startswith("rprselect.integrations.modal")
-        np.testing.assert_allclose(st.rpr_scores(net, x, k=3), st._direct_rpr(net, x, 3), rtol=1e-6)
-
-    def test_rpr_lowest_picks_lowest(self, net: MNISTNet, digits: Any) -> None:
-        x = digits[0][:30]
-        scores = st.rpr_scores(net, x, k=4)
-        idx, picked = st.rpr_lowest_sampling(net, x, n_instances=5, k=4)
-        assert sorted(idx.tolist()) == sorted(np.argsort(scores)[:5].tolist())
-        np.testing.assert_allclose(np.sort(picked), np.sort(scores)[:5], rtol=1e-6)
-
-    def test_rpr_diverse_among_lowest(self, net: MNISTNet, digits: Any) -> None:
-        x = digits[0][:40]
-        scores = st.rpr_scores(net, x, k=10)
-        idx, _ = st.rpr_diverse_sampling(net, x, n_instances=4, k=10, factor=3)
-        assert len(set(idx.tolist())) == 4
-        assert set(idx.tolist()) <= set(np.argsort(scores, kind="stable")[:12].tolist())
-
-    def test_hybrid_is_rank_average(self, net: MNISTNet, digits: Any) -> None:
-        from scipy.stats import rankdata
-
-        x = digits[0][:30]
-        idx, score = st.rpr_entropy_sampling(net, x, n_instances=8, k=10)
-        r = st.rpr_scores(net, x, k=10)
-        p = torch.softmax(st.predict_logits(net, x), -1)
-        h = -(p * p.clamp_min(1e-12).log()).sum(-1).numpy()
-        want = 0.5 * (rankdata(1 - r) + rankdata(h)) / len(x)
-        np.testing.assert_allclose(score, want[idx], rtol=1e-12)
-        assert score.min() >= np.sort(want)[-8] - 1e-12, "did not take the 8 best rank sums"
-
-    def test_bald_zero_without_dropout(self, net: MNISTNet, digits: Any) -> None:
-        _, score = st.bald_sampling(net, digits[0][:16], n_instances=16, mc_samples=5)
-        np.testing.assert_allclose(score, 0.0, atol=1e-6)
-
-    def test_bald_nonnegative_with_dropout(self, digits: Any) -> None:
-        torch.manual_seed(0)
-        model = MNISTNet(dropout=0.5, in_size=8)
-        _, score = st.bald_sampling(model, digits[0][:16], n_instances=16, mc_samples=8)
-        assert np.all(score >= -1e-6) and score.max() > 0
-
-    def test_coreset_uses_labeled_set(self, net: MNISTNet, digits: Any) -> None:
-        class Learner:
-            estimator = net
-            X_training = digits[0][:10]
-
-        x = np.concatenate([digits[0][:10], digits[0][50:60]])
-        idx, _ = st.coreset_sampling(Learner(), x, n_instances=5)
-        assert all(i >= 10 for i in idx), f"picked an already labeled duplicate: {idx}"
-
-    def test_random_no_duplicates(self, digits: Any) -> None:
-        idx, _ = st.random_sampling(None, digits[0], 50, rng=np.random.default_rng(0))
-        assert len(set(idx.tolist())) == 50
-
-    def test_unknown_strategy(self) -> None:
-        with pytest.raises(ValueError, match="name must be one of"):
-            st.query_strategy("nope", seed=0)
+def test_every_pilot_strategy_returns_n_unlabelled_positions(round_: st.Round) -> None:
+    for name in (*st.PILOT, "coreset", "rpr_kcenter"):
+        round_.rng = np.random.default_rng(1)
+        idx = st.query(name, round_)
+        assert len(set(idx.tolist())) == 5 and idx.min() >= 0 and idx.max() < 40, name
 
 
-class TestSettings:
-    def test_bad_values(self) -> None:
-        with pytest.raises(ValueError, match="dataset"):
-            al.ALSettings(dataset="cifar")
-        with pytest.raises(ValueError, match="rounds"):
-            al.ALSettings(rounds=0)
-        with pytest.raises(ValueError, match="candidates"):
-            al.ALSettings(candidates=5, query_size=10)
-
-    def test_start_set_is_imbalanced(self) -> None:
-        x, y = load_digits_tensors()
-        settings = al.ALSettings(init_fraction=0.2)
-        split = al._split(settings, (x, y, x[:10], y[:10]), seed=0)
-        start = split.pool_y[split.init]
-        assert abs(len(start) - 0.2 * len(y)) <= 0.2 * 0.25 * len(y)
-        for digit in (1, 9):
-            assert np.sum(start == digit) <= 1, f"digit {digit} is not rare in the start set"
-        assert np.sum(start == 0) > 20
-
-    def test_auc_of_constant_curve(self) -> None:
-        assert al._auc([10, 20, 50], [0.7, 0.7, 0.7]) == pytest.approx(0.7)
-        assert al._auc([0, 10], [0.0, 1.0]) == pytest.approx(0.5)
+def test_lowest_is_the_lowest_rpr_and_margin_strat_follows_its_quotas(round_: st.Round) -> None:
+    assert set(st.query("lowest", round_)) == set(np.argsort(round_.curve()[:, -1])[:5])
+    pred = round_.logits().argmax(1)
+    idx = st.query("margin_strat", round_)
+    counts = np.bincount(round_.lab_y, minlength=10)
+    w = np.where(np.bincount(pred, minlength=10) > 0, 1.0 / (counts + 1), 0.0)
+    share = 5 * w / w.sum()
+    floor_total = int(np.floor(share).sum())
+    got = np.bincount(pred[idx], minlength=10)
+    assert (got >= np.minimum(np.floor(share), np.bincount(pred, minlength=10))).all()
+    assert got.sum() == 5 and floor_total <= 5
 
 
-@pytest.fixture(scope="module")
-def quick(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
-    """One ``--quick`` run through the benchmark registry: output folder and printed text."""
-    out = tmp_path_factory.mktemp("al_quick")
-    module = load("active-learning")
+def _args(**kw: Any) -> argparse.Namespace:
     parser = argparse.ArgumentParser()
-    module.add_arguments(parser)
+    al.add_arguments(parser)
+    ns = parser.parse_args([])
+    for key, value in kw.items():
+        setattr(ns, key, value)
+    return ns
+
+
+def test_quick_run_writes_consistent_results(tmp_path: Path) -> None:
+    args = _args(quick=True, out=str(tmp_path))
     buf = io.StringIO()
     with contextlib.redirect_stdout(buf):
-        assert module.run(parser.parse_args(["--quick", "--out", str(out)])) == 0
-    return out, buf.getvalue()
+        assert load("active-learning").run(args) == 0
+    res = json.loads((tmp_path / "results.json").read_text())
+    assert set(res["budgets"]) == {"20", "40"}
+    for b, blk in res["budgets"].items():
+        for name, s in blk["summary"].items():
+            units = [
+                json.loads((tmp_path / "units" / f"b{b}" / name / f"seed{seed}.json").read_text())
+                for seed in (0, 1)
+            ]
+            aucs = [rep.auc(u["n_labelled"], u["accuracy"]) for u in units]
+            assert s["auc"][0] == pytest.approx(np.mean(aucs))
+            q = np.sum([np.asarray(u["queried_classes"]).sum(0) for u in units], 0)
+            assert q.sum() == 2 * 2 * 10  # seeds x rounds x query size
+            shares = [np.asarray(u["queried_classes"]).sum(0)[[1, 9]].sum() / 20 for u in units]
+            assert s["rare_share"][0] == pytest.approx(np.mean(shares))
+            assert s["p_vs_random"] == pytest.approx(
+                rep.wilcoxon_p(aucs, blk["summary"]["random"]["auc_per_seed"])
+            )
+        # paired: every strategy starts from the same start set and first model
+        firsts = {s["accuracy_mean"][0] for s in blk["summary"].values()}
+        assert len(firsts) == 1
+    for png in ("curve_b20.png", "curve_rare_b40.png", "penalty.png"):
+        assert (tmp_path / png).stat().st_size > 1000
+    printed = buf.getvalue().strip().splitlines()
+    assert printed[-1].startswith("| ") and len(printed[-1].split("|")) == 13  # table last
+    # a restart finds every unit on disk and runs none
+    log: list[str] = []
+    cfg = al.settings_from_args(args)
+    al.run_benchmark(cfg, tmp_path, log=log.append)
+    assert log[0].startswith("16 of 16 units done")
+    table = al.combine([tmp_path])
+    winner = table.rsplit(": ", 1)[1]
+    assert st.eligible(winner)
 
 
-@pytest.mark.slow
-class TestQuickRun:
-    def test_every_strategy_with_full_curves(self, quick: tuple[Path, str]) -> None:
-        out, _ = quick
-        res = json.loads((out / "results.json").read_text())
-        s = res["settings"]
-        assert res["complete"] and res["seeds_done"] == s["seeds"] == 3
-        assert set(res["strategies"]) == set(st.STRATEGIES)
-        for name, r in res["strategies"].items():
-            n = np.asarray(r["n_labeled"])
-            assert n.shape == (3, s["rounds"] + 1), f"{name}: sizes {n}"
-            assert np.all(np.diff(n, axis=1) == s["query_size"]), f"{name}: sizes {n}"
-            assert n[:, 0].tolist() == res["start_sizes"], name
-            for key in ("accuracy", "rare_accuracy"):
-                a = np.asarray(r[key])
-                assert a.shape == (3, s["rounds"] + 1), f"{name} {key} shape {a.shape}"
-                assert np.all((a >= 0) & (a <= 1)), f"{name} {key} outside [0, 1]"
-            assert all(0 <= v <= 1 for v in r["rare_share"]), name
-            assert all(len(q) == s["rounds"] and min(q) >= 0 for q in r["query_seconds"]), name
-            summ = res["summary"][name]
-            assert 0 <= summ["auc"][0] <= 1 and 0 <= summ["rare_auc"][0] <= 1
-
-    def test_report_pngs_and_table_last(self, quick: tuple[Path, str]) -> None:
-        out, printed = quick
-        report = (out / "report.md").read_text()
-        for name in st.STRATEGIES:
-            assert f"| {name} |" in report, f"{name} missing from report.md"
-        for png in ("curve_accuracy.png", "curve_rare.png"):
-            assert (out / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", png
-        lines = printed.strip().splitlines()
-        table = [line for line in lines if line.startswith("|")]
-        assert lines[-len(table) :] == table and len(table) == len(st.STRATEGIES) + 2
-        aucs = [float(row.split("|")[3].split("±")[0]) for row in table[2:]]
-        assert aucs == sorted(aucs, reverse=True), "table must rank by AUC"
+def test_settings_are_validated() -> None:
+    with pytest.raises(ValueError, match="dataset must be"):
+        al.ALSettings(dataset="cifar")
+    with pytest.raises(ValueError, match="strategies must be names"):
+        al.ALSettings(strategies=("nope",))
+    with pytest.raises(ValueError, match="budgets must be"):
+        al.ALSettings(budgets=())

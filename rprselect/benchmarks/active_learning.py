@@ -1,54 +1,57 @@
-"""Pool-based active learning: learning curves of RPR against standard acquisitions.
+"""Pool-based active learning under current evaluation practice (Munjal et al. CVPR 2022;
+Lüth et al. NeurIPS 2023): paired seeds, two start budgets, learning-curve AUC with 95%
+intervals, paired Wilcoxon tests against random and margin, Ash et al.'s penalty matrix,
+rare-class recall, the rare share of queries and query seconds.
 
-``rprselect bench active-learning --dataset mnist|digits --out DIR [--rounds R] [--query-size Q]``
+``rprselect bench active-learning --dataset digits|mnist|npz:PATH --out DIR [--quick]``
 
-Every strategy gets the same model, budget and seeds. A seed fixes the pool, the start set, the
-candidate draws and the weight initialisation of every retraining. The start set is a random
-``init_fraction`` of the pool thinned like the paper's imbalanced set (Section 1.3): of each rare
-digit (1 and 9) only ``max(1, round(rare_keep * count))`` stay labeled; the rest return to the
-pool. Each round retrains the bias-free ``MNISTNet`` from scratch for a fixed number of epochs (a
-skorch ``NeuralNetClassifier`` in a modAL ``ActiveLearner``), queries ``Q`` samples and reveals
-their labels. BALD uses ``MNISTNet(dropout=...)``, the only way to get MC-dropout samples.
-The acquisition functions live in :mod:`.al_strategies`; this module holds the loop, its report
-and the CLI (about 500 lines: splitting the report out would need a file outside this issue).
-Torch runs on one thread by default: on a shared 2-core machine two threads oversubscribe the
-cores and made training up to 50x slower in our measurements.
-
-The area under the learning curve is normalised by the span of labeled-set sizes,
-
-.. math:: \\mathrm{AUC} = \\frac{1}{n_R - n_0} \\int_{n_0}^{n_R} \\mathrm{acc}(n)\\,dn
-    \\in [0, 1]\\quad\\text{(trapezoid rule)}.
+One unit is (strategy, seed, budget) (see :mod:`.al_loop`); each is written to
+``DIR/units/b{budget}/{strategy}/seed{seed}.json`` as soon as it finishes and skipped on a
+restart, so a killed run resumes. ``--workers N`` runs units in N processes (one torch thread
+each). The strategies are in :mod:`.al_strategies`, the statistics in :mod:`.al_report`.
+``--combine DIR [DIR ...]`` ranks strategies across finished runs by the rule of
+docs/acquisition.md instead of running anything.
 """
 
 from __future__ import annotations
 
 import argparse
-import copy
 import dataclasses
+import json
 import time
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Sequence
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
-from torch import nn
 
-from ..data import imbalance_indices, load_digits_tensors, load_mnist
-from ..models import MNISTNet
+from . import al_report as rep
 from . import al_strategies as st
-from .al_strategies import STRATEGIES
-from .common import Stopwatch, machine_description, markdown_table, out_dir, write_json
+from .al_loop import load_data, run_unit
+from .common import machine_description, markdown_table, out_dir, write_json
 
-__all__ = ["STRATEGIES", "ALSettings", "StrategyRun", "run_benchmark", "add_arguments", "run"]
+__all__ = ["ALSettings", "run_benchmark", "combine", "add_arguments", "run"]
 
-#: Per-dataset defaults of the options left unset; ``--quick`` is a tiny run on digits.
+#: Per-dataset defaults of the options left unset.
 _DEFAULTS: dict[str, dict[str, Any]] = {
-    "quick": dict(rounds=3, query_size=10, epochs=20, candidates=200, init_fraction=0.03),
-    "digits": dict(rounds=8, query_size=10, epochs=30, candidates=0, init_fraction=0.03),
-    "mnist": dict(rounds=6, query_size=50, epochs=10, candidates=1000, init_fraction=0.01),
-}
+    "quick": dict(
+        budgets=(20, 40), seeds=2, rounds=2, query_size=10, steps=20, candidates=100,
+        test_size=150, width=8, hidden=32,
+        strategies=("random", "margin", "lowest", "margin_rpr_strat"),
+    ),
+    "digits": dict(
+        budgets=(30, 80), seeds=10, rounds=8, query_size=10, steps=100, candidates=500,
+        test_size=0, width=16, hidden=64, strategies=st.FINAL,
+    ),
+    "mnist": dict(
+        budgets=(40, 150), seeds=5, rounds=5, query_size=30, steps=100, candidates=300,
+        test_size=1000, width=8, hidden=64, strategies=st.FINAL,
+    ),
+}  # fmt: skip
+_DEFAULTS["npz"] = dict(_DEFAULTS["mnist"], test_size=0)
 
 
 @dataclass(frozen=True)
@@ -56,443 +59,334 @@ class ALSettings:
     """Everything that defines a run; stored verbatim in ``results.json``.
 
     Attributes:
-        dataset: ``"mnist"`` (28x28) or ``"digits"`` (scikit-learn 8x8).
-        data_dir: MNIST folder (``None``: the default folder).
-        rounds: query rounds after the start set; curves have ``rounds + 1`` points.
-        query_size: samples labeled per round (``Q``).
-        seeds: number of seeds, ``0 .. seeds-1``.
-        pool_size: samples in the pool per seed (0: the whole training split).
-        test_size: test samples, a fixed draw (0: the whole test split).
-        init_fraction: start set as a fraction of the pool, before thinning the rare digits.
-        rare: the rare digits.
-        rare_keep: fraction of each rare digit of the start draw that stays labeled.
-        epochs, batch_size, lr: Adam training from scratch every round.
-        candidates: every strategy scores a fresh uniform draw of this many unlabeled samples per
-            round (0: the whole unlabeled pool), a common cap on scoring cost.
-        rpr_k: rank of the RPR.
-        mc_samples: dropout passes of BALD (``T``).
-        dropout: dropout probability of BALD's network.
-        diverse_factor: ``rpr_diverse`` picks among ``factor * Q`` lowest-RPR candidates.
-        threads: torch CPU threads.
-        strategies: the strategies to run.
+        dataset: ``"digits"``, ``"mnist"`` or ``"npz:PATH"``.
+        data_dir: MNIST folder (``None``: the default).
+        budgets: start-set sizes drawn before thinning the rare classes.
+        seeds: paired seeds ``seed_offset .. seed_offset + seeds - 1``.
+        seed_offset: first seed (pilots use other seeds than the final runs).
+        rounds, query_size: query rounds and samples per round.
+        steps, batch_size, lr: Adam steps from scratch per round.
+        width, hidden: the CNN's channels and hidden units; dropout: BALD's network.
+        pool_size, test_size, candidates: 0 = all.
+        rare, rare_keep: rare classes and the fraction of them kept in the start set.
+        rpr_k: ranks of the RPR curve; mc_samples: BALD's dropout passes.
+        strategies: names of :data:`.al_strategies.STRATEGIES`.
     """
 
     dataset: str = "digits"
     data_dir: str | None = None
+    budgets: tuple[int, ...] = (30, 80)
+    seeds: int = 10
+    seed_offset: int = 0
     rounds: int = 8
     query_size: int = 10
-    seeds: int = 3
-    pool_size: int = 0
-    test_size: int = 0
-    init_fraction: float = 0.03
-    rare: tuple[int, ...] = (1, 9)
-    rare_keep: float = 0.01
-    epochs: int = 30
+    steps: int = 200
     batch_size: int = 32
     lr: float = 1e-3
+    width: int = 16
+    hidden: int = 64
+    dropout: float = 0.25
+    pool_size: int = 0
+    test_size: int = 0
     candidates: int = 0
+    rare: tuple[int, ...] | None = None
+    rare_keep: float = 0.01
     rpr_k: int = 10
     mc_samples: int = 20
-    dropout: float = 0.25
-    diverse_factor: int = 5
-    threads: int = 1
-    strategies: tuple[str, ...] = STRATEGIES
+    strategies: tuple[str, ...] = st.FINAL
 
     def __post_init__(self) -> None:
-        if self.dataset not in ("mnist", "digits"):
-            raise ValueError(f"dataset must be 'mnist' or 'digits', got {self.dataset!r}")
-        for name in ("rounds", "query_size", "seeds", "epochs", "batch_size", "mc_samples"):
+        if self.dataset not in ("mnist", "digits") and not self.dataset.startswith("npz:"):
+            raise ValueError(
+                f"dataset must be 'digits', 'mnist' or 'npz:PATH', got {self.dataset!r}"
+            )
+        for name in ("seeds", "rounds", "query_size", "steps", "batch_size", "width", "hidden"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
-        for name in ("pool_size", "test_size", "candidates"):
+        for name in ("pool_size", "test_size", "candidates", "seed_offset"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
-        if not 0.0 < self.init_fraction < 1.0:
-            raise ValueError(f"init_fraction must be in (0, 1), got {self.init_fraction}")
-        if not 1 <= self.rpr_k <= 10:
-            raise ValueError(f"rpr_k must satisfy 1 <= rpr_k <= 10, got {self.rpr_k}")
-        unknown = sorted(set(self.strategies) - set(STRATEGIES))
+        if not self.budgets or min(self.budgets) < 2:
+            raise ValueError(f"budgets must be sizes >= 2, got {self.budgets}")
+        if not 0 < self.rare_keep <= 1:
+            raise ValueError(f"rare_keep must be in (0, 1], got {self.rare_keep}")
+        unknown = sorted(set(self.strategies) - set(st.STRATEGIES))
         if unknown or not self.strategies:
-            raise ValueError(
-                f"strategies must be a non-empty subset of {STRATEGIES}, got {unknown}"
-            )
-        if 0 < self.candidates < self.query_size * self.diverse_factor:
-            raise ValueError(
-                f"candidates must be 0 or >= query_size * diverse_factor = "
-                f"{self.query_size * self.diverse_factor}, got {self.candidates}"
-            )
+            raise ValueError(f"strategies must be names of {sorted(st.STRATEGIES)}, got {unknown}")
+        if 0 < self.candidates < self.query_size:
+            raise ValueError(f"candidates must be 0 or >= query_size, got {self.candidates}")
 
 
-@dataclass
-class StrategyRun:
-    """One strategy's curves: lists over seeds, inner lists over rounds ``0..R``."""
-
-    name: str
-    n_labeled: list[list[int]] = field(default_factory=list)
-    accuracy: list[list[float]] = field(default_factory=list)
-    rare_accuracy: list[list[float]] = field(default_factory=list)
-    rare_share: list[float] = field(default_factory=list)
-    query_seconds: list[list[float]] = field(default_factory=list)
-    train_seconds: list[float] = field(default_factory=list)
+def _unit_path(folder: Path, strategy: str, seed: int, budget: int) -> Path:
+    return folder / "units" / f"b{budget}" / strategy / f"seed{seed}.json"
 
 
-@dataclass
-class _Split:
-    pool_x: np.ndarray
-    pool_y: np.ndarray
-    init: np.ndarray  # positions into the pool
-    test_x: np.ndarray
-    test_y: np.ndarray
+def _work(args: tuple[ALSettings, str, int, int, str]) -> tuple[str, int, int, float]:
+    """Run one unit in a worker process and write its file."""
+    cfg, strategy, seed, budget, folder = args
+    torch.set_num_threads(1)
+    data = _data_cache(cfg)
+    res = run_unit(cfg, data, strategy, seed, budget)
+    path = _unit_path(Path(folder), strategy, seed, budget)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    write_json(path, res)
+    return strategy, seed, budget, float(res["seconds"])
 
 
-def _load(settings: ALSettings) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    if settings.dataset == "mnist":
-        xtr, ytr = load_mnist(settings.data_dir, "train", download=False)
-        xte, yte = load_mnist(settings.data_dir, "test", download=False)
-        return xtr, ytr, xte, yte
-    x, y = load_digits_tensors()
-    perm = torch.randperm(len(x), generator=torch.Generator().manual_seed(12345))
-    n_test = int(0.3 * len(x))
-    return x[perm[n_test:]], y[perm[n_test:]], x[perm[:n_test]], y[perm[:n_test]]
+_DATA: dict[tuple[str, str | None], Any] = {}
 
 
-def _split(settings: ALSettings, data: tuple[torch.Tensor, ...], seed: int) -> _Split:
-    xtr, ytr, xte, yte = data
-    rng = np.random.default_rng([seed, 1])
-    pool = rng.permutation(len(xtr))
-    if settings.pool_size:
-        pool = pool[: settings.pool_size]
-    n_init = max(2, round(settings.init_fraction * len(pool)))
-    draw = rng.choice(len(pool), size=n_init, replace=False)
-    keep = imbalance_indices(ytr[pool[draw]], settings.rare, settings.rare_keep, seed=seed)
-    test = np.random.default_rng(0).permutation(len(xte))
-    if settings.test_size:
-        test = test[: settings.test_size]
-    return _Split(
-        pool_x=xtr[pool].numpy(),
-        pool_y=ytr[pool].numpy(),
-        init=np.sort(draw[keep.numpy()]),
-        test_x=xte[test].numpy(),
-        test_y=yte[test].numpy(),
-    )
-
-
-def _make_net(settings: ALSettings, dropout: float) -> Any:
-    try:
-        from skorch import NeuralNetClassifier
-    except ImportError as exc:
-        raise ImportError(
-            "the active-learning benchmark needs skorch: pip install rprselect[modal]"
-        ) from exc
-    return NeuralNetClassifier(
-        MNISTNet,
-        module__dropout=dropout,
-        module__in_size=28 if settings.dataset == "mnist" else 8,
-        criterion=nn.CrossEntropyLoss,
-        optimizer=torch.optim.Adam,
-        lr=settings.lr,
-        max_epochs=settings.epochs,
-        batch_size=settings.batch_size,
-        train_split=None,
-        iterator_train__shuffle=True,
-        iterator_valid__batch_size=512,
-        classes=list(range(10)),
-        verbose=0,
-        device="cpu",
-    )
-
-
-def _accuracies(learner: Any, split: _Split, rare: Sequence[int]) -> tuple[float, float]:
-    pred = st.predict_logits(st.torch_module(learner), split.test_x).argmax(1).numpy()
-    hit = pred == split.test_y
-    is_rare = np.isin(split.test_y, list(rare))
-    return float(hit.mean()), float(hit[is_rare].mean()) if is_rare.any() else float("nan")
-
-
-def _fit_seed(round_: int, seed: int) -> None:
-    torch.manual_seed(1_000_003 * seed + round_)
-
-
-def _run_strategy(run_: StrategyRun, start: Any, split: _Split, cfg: ALSettings, seed: int) -> None:
-    """One strategy, one seed, from the fitted start learner; appends to ``run_``."""
-    learner = copy.deepcopy(start)
-    learner.query_strategy = st.query_strategy(
-        run_.name, seed=seed, k=cfg.rpr_k, mc_samples=cfg.mc_samples, factor=cfg.diverse_factor
-    )
-    labeled = np.zeros(len(split.pool_y), dtype=bool)
-    labeled[split.init] = True
-    rare = list(cfg.rare)
-    acc, rare_acc = _accuracies(learner, split, rare)
-    sizes, accs, rares, q_secs = [int(labeled.sum())], [acc], [rare_acc], []
-    n_rare, train_s, cand_rng = 0, 0.0, np.random.default_rng([seed, 3])
-    for r in range(1, cfg.rounds + 1):
-        unl = np.flatnonzero(~labeled)
-        if cfg.candidates and len(unl) > cfg.candidates:
-            unl = np.sort(cand_rng.choice(unl, size=cfg.candidates, replace=False))
-        t0 = time.perf_counter()
-        idx, _ = learner.query(split.pool_x[unl], n_instances=cfg.query_size)
-        q_secs.append(time.perf_counter() - t0)
-        new = unl[np.asarray(idx, dtype=np.int64)]
-        if len(np.unique(new)) != cfg.query_size or labeled[new].any():
-            raise RuntimeError(f"strategy {run_.name} returned duplicate or labeled samples")
-        labeled[new] = True
-        n_rare += int(np.isin(split.pool_y[new], rare).sum())
-        _fit_seed(r, seed)
-        t0 = time.perf_counter()
-        learner.teach(split.pool_x[new], split.pool_y[new])
-        train_s += time.perf_counter() - t0
-        acc, rare_acc = _accuracies(learner, split, rare)
-        sizes.append(int(labeled.sum()))
-        accs.append(acc)
-        rares.append(rare_acc)
-    run_.n_labeled.append(sizes)
-    run_.accuracy.append(accs)
-    run_.rare_accuracy.append(rares)
-    run_.rare_share.append(n_rare / (cfg.rounds * cfg.query_size))
-    run_.query_seconds.append(q_secs)
-    run_.train_seconds.append(train_s)
+def _data_cache(cfg: ALSettings) -> Any:
+    key = (cfg.dataset, cfg.data_dir)
+    if key not in _DATA:
+        _DATA[key] = load_data(cfg.dataset, cfg.data_dir, cfg.rare)
+    return _DATA[key]
 
 
 def run_benchmark(
-    settings: ALSettings, out: str | Path, log: Callable[[str], None] = print
+    cfg: ALSettings, out: str | Path, workers: int = 1, log: Any = print
 ) -> dict[str, Any]:
-    """Run every strategy for every seed, writing ``results.json`` after each seed.
-
-    Returns:
-        The results dictionary (also written to ``out/results.json``).
-    """
-    learner_class = st.active_learner_class()
+    """Run the missing units, then aggregate every unit of ``cfg`` into ``results.json``."""
     folder = out_dir(out)
-    threads = torch.get_num_threads()
-    torch.set_num_threads(settings.threads)
-    try:
-        data = _load(settings)
-        runs = {name: StrategyRun(name) for name in settings.strategies}
-        sw, t_start = Stopwatch(), time.perf_counter()
-        results: dict[str, Any] = {"start_sizes": [], "start_rare": []}
-        for seed in range(settings.seeds):
-            split = _split(settings, data, seed)
-            results["start_sizes"].append(len(split.init))
-            results["start_rare"].append(
-                int(np.isin(split.pool_y[split.init], settings.rare).sum())
-            )
-            starts = {}
-            for p in {settings.dropout if n == "bald" else 0.0 for n in settings.strategies}:
-                _fit_seed(0, seed)
-                with sw("start_fit"):
-                    starts[p] = learner_class(
-                        estimator=_make_net(settings, p),
-                        X_training=split.pool_x[split.init],
-                        y_training=split.pool_y[split.init],
-                    )
-            for name, run_ in runs.items():
-                with sw(name):
-                    start = starts[settings.dropout if name == "bald" else 0.0]
-                    _run_strategy(run_, start, split, settings, seed)
-                a, ra = run_.accuracy[-1], run_.rare_accuracy[-1]
+    seeds = range(cfg.seed_offset, cfg.seed_offset + cfg.seeds)
+    todo = [
+        (cfg, s, seed, b, str(folder))
+        for b in cfg.budgets
+        for seed in seeds
+        for s in cfg.strategies
+        if not _unit_path(folder, s, seed, b).exists()
+    ]
+    total = len(cfg.budgets) * cfg.seeds * len(cfg.strategies)
+    log(f"{total - len(todo)} of {total} units done; running {len(todo)} with {workers} worker(s)")
+    t0 = time.perf_counter()
+    if workers > 1 and len(todo) > 1:
+        with ProcessPoolExecutor(workers) as ex:
+            for i, (s, seed, b, sec) in enumerate(ex.map(_work, todo)):
                 log(
-                    f"seed {seed} {name:>16}: acc {a[0]:.3f} -> {a[-1]:.3f}, rare {ra[0]:.3f} -> "
-                    f"{ra[-1]:.3f}, rare share {run_.rare_share[-1]:.2f}, query "
-                    f"{np.mean(run_.query_seconds[-1]):.2f} s/round "
-                    f"({time.perf_counter() - t_start:.0f} s)"
+                    f"[{i + 1}/{len(todo)}] b{b} seed {seed} {s}: {sec:.1f} s "
+                    f"({time.perf_counter() - t0:.0f} s)"
                 )
-            results.update(
-                settings=dataclasses.asdict(settings),
-                machine=machine_description(),
-                rpr_source=st.rpr_source(),
-                seeds_done=seed + 1,
-                complete=seed + 1 == settings.seeds,
-                pool_size=len(split.pool_y),
-                test_size=len(split.test_y),
-                wall_seconds=time.perf_counter() - t_start,
-                stage_seconds=dict(sw.seconds),
-                strategies={n: dataclasses.asdict(r) for n, r in runs.items()},
-                summary=summarise(runs),
-            )
-            write_json(folder / "results.json", results)
-        return results
-    finally:
-        torch.set_num_threads(threads)
+    else:
+        threads = torch.get_num_threads()
+        try:
+            for i, job in enumerate(todo):
+                s, seed, b, sec = _work(job)
+                log(
+                    f"[{i + 1}/{len(todo)}] b{b} seed {seed} {s}: {sec:.1f} s "
+                    f"({time.perf_counter() - t0:.0f} s)"
+                )
+        finally:
+            torch.set_num_threads(threads)
+    return aggregate(cfg, folder)
 
 
-def _auc(sizes: Sequence[int], acc: Sequence[float]) -> float:
-    """Trapezoid area under ``acc`` against ``sizes``, divided by the span of sizes."""
-    n, a = np.asarray(sizes, dtype=np.float64), np.asarray(acc, dtype=np.float64)
-    return float(np.sum(0.5 * (a[1:] + a[:-1]) * np.diff(n)) / (n[-1] - n[0]))
-
-
-def _mean_std(v: Any) -> tuple[float, float]:
-    a = np.asarray(v, dtype=np.float64)
-    return float(np.nanmean(a)), float(np.nanstd(a))
-
-
-def summarise(runs: dict[str, StrategyRun]) -> dict[str, dict[str, Any]]:
-    """Per strategy: mean and std over seeds of the curves, AUCs, rare share and query time."""
-    out: dict[str, dict[str, Any]] = {}
-    for name, r in runs.items():
-        acc, rare = np.asarray(r.accuracy), np.asarray(r.rare_accuracy)
-        out[name] = {
-            "n_labeled": np.asarray(r.n_labeled, dtype=np.float64).mean(0).tolist(),
-            "accuracy_mean": acc.mean(0).tolist(),
-            "accuracy_std": acc.std(0).tolist(),
-            "rare_accuracy_mean": np.nanmean(rare, 0).tolist(),
-            "rare_accuracy_std": np.nanstd(rare, 0).tolist(),
-            "auc": _mean_std([_auc(n, a) for n, a in zip(r.n_labeled, acc, strict=True)]),
-            "rare_auc": _mean_std([_auc(n, a) for n, a in zip(r.n_labeled, rare, strict=True)]),
-            "final_accuracy": _mean_std(acc[:, -1]),
-            "final_rare_accuracy": _mean_std(rare[:, -1]),
-            "rare_share": _mean_std(r.rare_share),
-            "query_seconds_per_round": _mean_std([np.mean(q) for q in r.query_seconds]),
+def aggregate(cfg: ALSettings, folder: Path) -> dict[str, Any]:
+    """Read the unit files of ``cfg`` and write ``results.json`` with the statistics."""
+    data = _data_cache(cfg)
+    seeds = list(range(cfg.seed_offset, cfg.seed_offset + cfg.seeds))
+    per_budget: dict[str, Any] = {}
+    seconds = 0.0
+    for b in cfg.budgets:
+        units = {
+            s: [json.loads(_unit_path(folder, s, seed, b).read_text()) for seed in seeds]
+            for s in cfg.strategies
         }
-    return out
+        seconds += sum(u["seconds"] for us in units.values() for u in us)
+        names = list(cfg.strategies)
+        P = rep.penalty_matrix({s: np.asarray([u["accuracy"] for u in units[s]]) for s in names})
+        per_budget[str(b)] = {
+            "summary": rep.summarise(units, data.rare),
+            "penalty": P.tolist(),
+            "start_sizes": [u["start_size"] for u in units[names[0]]],
+            "start_rare": [u["start_rare"] for u in units[names[0]]],
+            "pool_size": units[names[0]][0]["pool_size"],
+            "test_size": units[names[0]][0]["test_size"],
+        }
+    results = {
+        "settings": dataclasses.asdict(cfg),
+        "rare": list(data.rare),
+        "machine": machine_description(),
+        "unit_seconds_total": seconds,
+        "groups": {s: st.group_of(s) for s in cfg.strategies},
+        "budgets": per_budget,
+    }
+    write_json(folder / "results.json", results)
+    return results
 
 
-def ranking_table(summary: dict[str, dict[str, Any]]) -> str:
-    """Markdown table of the strategies, best area under the learning curve first."""
-    order = sorted(summary, key=lambda n: -summary[n]["auc"][0])
-
-    def pm(v: Sequence[float], digits: int = 3) -> str:
-        return f"{v[0]:.{digits}f} ± {v[1]:.{digits}f}"
-
-    rows = [
-        [
-            i + 1,
-            n,
-            pm(summary[n]["auc"]),
-            pm(summary[n]["rare_auc"]),
-            pm(summary[n]["final_accuracy"]),
-            pm(summary[n]["final_rare_accuracy"]),
-            pm(summary[n]["rare_share"], 2),
-            pm(summary[n]["query_seconds_per_round"], 2),
-        ]
-        for i, n in enumerate(order)
-    ]
-    header = [
-        "rank",
-        "strategy",
-        "AUC",
-        "rare AUC",
-        "final acc",
-        "final rare acc",
-        "rare share of queries",
-        "query s/round",
-    ]
-    return markdown_table(header, rows)
-
-
-def _plot(summary: dict[str, dict[str, Any]], key: str, ylabel: str, path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(7, 4.5))
-    for name, s in summary.items():
-        n = np.asarray(s["n_labeled"])
-        m, sd = np.asarray(s[f"{key}_mean"]), np.asarray(s[f"{key}_std"])
-        style = "-" if name.startswith("rpr") else "--"
-        (line,) = ax.plot(n, m, style, marker="o", ms=3, label=name)
-        ax.fill_between(n, m - sd, m + sd, color=line.get_color(), alpha=0.12)
-    ax.set_xlabel("labeled samples")
-    ax.set_ylabel(ylabel)
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8, ncol=2)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+def _wins(names: Sequence[str], P: np.ndarray) -> dict[str, float]:
+    return {n: float(P[i].sum() - P[:, i].sum()) for i, n in enumerate(names)}
 
 
 def write_outputs(results: dict[str, Any], out: str | Path) -> str:
-    """Write ``report.md`` and the two learning-curve PNGs; return the ranking table."""
+    """``report.md``, learning-curve and penalty PNGs; returns the tables printed last."""
     folder = out_dir(out)
-    summary = results["summary"]
-    rare = results["settings"]["rare"]
-    _plot(summary, "accuracy", "test accuracy (mean ± std)", folder / "curve_accuracy.png")
-    _plot(summary, "rare_accuracy", f"accuracy on digits {rare}", folder / "curve_rare.png")
-    table = ranking_table(summary)
     s = results["settings"]
+    names = list(s["strategies"])
+    groups = results["groups"]
     lines = [
-        f"# Active learning on {s['dataset']}: strategies ranked by area under the curve",
+        f"# Active learning on {s['dataset']}: {s['seeds']} paired seeds, budgets {s['budgets']}",
         "",
-        f"{results['seeds_done']} seed(s); pool {results['pool_size']}, test "
-        f"{results['test_size']}; {s['rounds']} rounds of {s['query_size']} queries from a start "
-        f"of {results['start_sizes']} labels (per seed); {s['epochs']} epochs "
-        f"(Adam, lr {s['lr']}, batch {s['batch_size']}) from scratch per round; candidates per "
-        f"round {s['candidates'] or 'all'}; RPR rank k={s['rpr_k']} via {results['rpr_source']}.",
-        f"Machine: {results['machine']}; wall time {results['wall_seconds']:.0f} s.",
+        f"{s['rounds']} rounds of {s['query_size']} queries; {s['steps']} Adam steps "
+        f"(lr {s['lr']}, batch {s['batch_size']}) from scratch per round on a bias-free CNN "
+        f"(width {s['width']}, hidden {s['hidden']}); candidates per round "
+        f"{s['candidates'] or 'all unlabelled'}; RPR curve ranks 1..{s['rpr_k']}; rare classes "
+        f"{results['rare']} thinned to {s['rare_keep']:.0%} in the start set; seeds "
+        f"{s['seed_offset']}..{s['seed_offset'] + s['seeds'] - 1}.",
+        f"Machine: {results['machine']}; summed unit time {results['unit_seconds_total']:.0f} s.",
         "",
-        table,
+        "AUC: normalised area under test accuracy vs labelled-set size, mean over seeds with a "
+        "95% t-interval. p: two-sided paired Wilcoxon signed-rank on per-seed AUCs, (+/-) the "
+        "sign of the mean difference. Rare-class AUC: the same for the mean recall of the rare "
+        "classes. Penalty: Ash et al.'s matrix (row sum - column sum).",
+    ]
+    tables = []
+    P_all = np.zeros((len(names), len(names)))
+    for b, blk in results["budgets"].items():
+        P = np.asarray(blk["penalty"])
+        P_all += P
+        t = rep.budget_table(blk["summary"], groups, _wins(names, P))
+        tables.append(f"### {s['dataset']}, start budget {b} (start sizes {blk['start_sizes']})")
+        tables.append("")
+        tables.append(t)
+        tables.append("")
+        rep.plot_curves(
+            blk["summary"],
+            "accuracy",
+            "test accuracy",
+            folder / f"curve_b{b}.png",
+            f"{s['dataset']}, budget {b}",
+        )
+        rep.plot_curves(
+            blk["summary"],
+            "rare_recall",
+            "rare-class recall",
+            folder / f"curve_rare_b{b}.png",
+            f"{s['dataset']}, budget {b}",
+        )
+    rep.plot_penalty(names, P_all, folder / "penalty.png")
+    lines += [
         "",
-        "AUC: normalised area under test accuracy against labeled-set size; rare: digits "
-        f"{rare}; mean ± std over seeds. Curves: curve_accuracy.png, curve_rare.png.",
+        *tables,
+        "## Penalty matrix, summed over budgets",
+        "",
+        rep.penalty_table(names, P_all),
+        "",
     ]
     (folder / "report.md").write_text("\n".join(lines) + "\n")
-    return table
+    return "\n".join(tables)
+
+
+def combine(folders: Sequence[str | Path], strategies: Sequence[str] | None = None) -> str:
+    """The selection rule of docs/acquisition.md over finished runs, as a Markdown table.
+
+    Each (run, budget) is a cell. A strategy's primary score is its mean rank of mean AUC over
+    the cells; the tie-breaker its mean rank of mean rare-class AUC; then no SVD before SVD,
+    then the name. Only strategies present in every cell are ranked.
+    """
+    cells = []
+    for f in folders:
+        res = json.loads((Path(f) / "results.json").read_text())
+        for b, blk in res["budgets"].items():
+            cells.append((f"{res['settings']['dataset']}/b{b}", blk["summary"], res["groups"]))
+    common = set.intersection(*(set(c[1]) for c in cells))
+    names = [n for n in (strategies or sorted(common)) if n in common]
+    auc_rank = rep.mean_rank({n: [c[1][n]["auc"][0] for c in cells] for n in names})
+    rare_rank = rep.mean_rank({n: [c[1][n]["rare_auc"][0] for c in cells] for n in names})
+    svd = {n: cells[0][2].get(n) == "RPR" for n in names}
+    order = sorted(names, key=lambda n: (auc_rank[n], rare_rank[n], svd[n], n))
+    ok = {n: st.eligible(n) for n in names}
+    rows = [
+        [i + 1, n, cells[0][2].get(n, "RPR"), "yes" if ok[n] else "no", f"{auc_rank[n]:.2f}",
+         f"{rare_rank[n]:.2f}", *[f"{c[1][n]['auc'][0]:.3f}" for c in cells]]
+        for i, n in enumerate(order)
+    ]  # fmt: skip
+    head = ["rank", "strategy", "family", "eligible", "mean AUC rank", "mean rare-AUC rank",
+            *[f"AUC {c[0]}" for c in cells]]  # fmt: skip
+    winner = next((n for n in order if ok[n]), None)
+    return markdown_table(head, rows) + f"\n\nDefault by the rule: {winner}"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Options of ``rprselect bench active-learning``."""
-    parser.add_argument("--dataset", choices=("mnist", "digits"), default="digits")
+    parser.add_argument(
+        "--dataset",
+        "--data",
+        dest="dataset",
+        default="digits",
+        help="digits, mnist or npz:PATH (MedMNIST layout)",
+    )
     parser.add_argument("--data-dir", default=None, help="MNIST folder (idx .gz files)")
     parser.add_argument("--out", default=None, help="output folder (default out/al_DATASET)")
-    parser.add_argument("--rounds", type=int, default=None, help="query rounds")
-    parser.add_argument("--query-size", type=int, default=None, help="samples per round (Q)")
-    parser.add_argument("--seeds", type=int, default=3, help="number of seeds (3)")
-    parser.add_argument("--pool-size", type=int, default=0, help="pool subset, 0 = all")
-    parser.add_argument("--test-size", type=int, default=0, help="test subset, 0 = all")
-    parser.add_argument("--init-fraction", type=float, default=None, help="start set / pool")
-    parser.add_argument("--rare", type=int, nargs="+", default=[1, 9], help="rare digits")
-    parser.add_argument("--rare-keep", type=float, default=0.01)
-    parser.add_argument("--epochs", type=int, default=None, help="epochs per round")
+    for name, kind, help_ in (
+        ("--seeds", int, "paired seeds"),
+        ("--seed-offset", int, "first seed (0)"),
+        ("--rounds", int, "query rounds"),
+        ("--query-size", int, "samples per round"),
+        ("--steps", int, "Adam steps per round"),
+        ("--candidates", int, "candidates scored per round, 0 = all"),
+        ("--pool-size", int, "pool subset, 0 = all"),
+        ("--test-size", int, "test subset, 0 = all"),
+        ("--width", int, "CNN channels"),
+        ("--hidden", int, "CNN hidden units"),
+    ):
+        parser.add_argument(name, type=kind, default=None, help=help_)
+    parser.add_argument("--budgets", type=int, nargs="+", default=None, help="start budgets")
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--lr", type=float, default=1e-3)
-    parser.add_argument("--candidates", type=int, default=None, help="scored per round, 0 = all")
+    parser.add_argument("--rare", type=int, nargs="+", default=None, help="rare classes")
+    parser.add_argument("--rare-keep", type=float, default=0.01)
     parser.add_argument("--rpr-k", type=int, default=10)
-    parser.add_argument("--mc-samples", type=int, default=20)
-    parser.add_argument("--dropout", type=float, default=0.25)
-    parser.add_argument("--diverse-factor", type=int, default=5)
+    parser.add_argument("--mc-samples", type=int, default=20, help="BALD's dropout passes")
+    parser.add_argument("--dropout", type=float, default=0.25, help="BALD's dropout")
+    parser.add_argument("--strategies", nargs="+", default=None, choices=sorted(st.STRATEGIES))
+    parser.add_argument("--pilot", action="store_true", help="the pilot's candidate list")
+    parser.add_argument("--workers", type=int, default=1, help="processes (1 thread each)")
     parser.add_argument(
-        "--threads", type=int, default=1, help="torch threads (1: no oversubscription)"
+        "--combine",
+        nargs="+",
+        default=None,
+        metavar="DIR",
+        help="rank strategies across finished runs (docs/acquisition.md)",
     )
-    parser.add_argument("--strategies", nargs="+", default=list(STRATEGIES), choices=STRATEGIES)
-    parser.add_argument(
-        "--quick", action="store_true", help="digits, tiny settings, all strategies"
-    )
+    parser.add_argument("--quick", action="store_true", help="digits, tiny, four strategies")
 
 
 def settings_from_args(args: argparse.Namespace) -> ALSettings:
-    """Resolve ``--quick`` and the defaults into :class:`ALSettings`."""
-    base = _DEFAULTS["quick" if args.quick else args.dataset]
-    pick = {
-        key: getattr(args, key) if getattr(args, key) is not None else v for key, v in base.items()
-    }
+    """Resolve ``--quick``, ``--pilot`` and the per-dataset defaults into :class:`ALSettings`."""
+    ds = "digits" if args.quick else args.dataset
+    base = dict(_DEFAULTS["quick" if args.quick else "npz" if ds.startswith("npz:") else ds])
+    if args.pilot:
+        base["strategies"] = st.PILOT
+    base["pool_size"] = 3000 if ds == "mnist" else 0
+    pick: dict[str, Any] = {}
+    for key, v in base.items():
+        given = getattr(args, key, None)
+        pick[key] = tuple(given) if isinstance(given, list) else given if given is not None else v
     return ALSettings(
-        dataset="digits" if args.quick else args.dataset,
+        dataset=ds,
         data_dir=args.data_dir,
-        seeds=args.seeds,
-        pool_size=args.pool_size,
-        test_size=args.test_size,
-        rare=tuple(args.rare),
-        rare_keep=args.rare_keep,
+        seed_offset=args.seed_offset or 0,
         batch_size=args.batch_size,
         lr=args.lr,
+        rare=tuple(args.rare) if args.rare else None,
+        rare_keep=args.rare_keep,
         rpr_k=args.rpr_k,
         mc_samples=args.mc_samples,
         dropout=args.dropout,
-        diverse_factor=args.diverse_factor,
-        threads=args.threads,
-        strategies=tuple(args.strategies),
         **pick,
     )
 
 
 def run(args: argparse.Namespace) -> int:
-    """Run the benchmark, write results.json, report.md and the PNGs; print the table last."""
-    settings = settings_from_args(args)
-    out = Path(args.out or f"out/al_{settings.dataset}")
-    results = run_benchmark(settings, out)
-    table = write_outputs(results, out)
-    print(table)
+    """Run (or resume) the benchmark; write results.json, report.md, PNGs; print tables last."""
+    if args.combine:
+        print(combine(args.combine, args.strategies))
+        return 0
+    cfg = settings_from_args(args)
+    out = Path(args.out or f"out/al_{cfg.dataset.replace(':', '_').replace('/', '_')}")
+    results = run_benchmark(cfg, out, workers=max(1, args.workers))
+    print(write_outputs(results, out))
     return 0
 
 

@@ -1,395 +1,340 @@
-"""Acquisition functions of the active-learning benchmark, as modAL query strategies.
+"""Strategies of the active-learning benchmark: one round's pool in, ``n`` positions out.
 
-Every strategy has modAL's signature ``strategy(classifier, X, n_instances=1, **kw)`` and returns
-``(indices, scores)``: positions into ``X`` of the samples to label and the score each was chosen
-by. ``classifier`` is a modAL ``ActiveLearner`` wrapping a skorch ``NeuralNetClassifier`` (or the
-skorch net itself, or a bare ``nn.Module``); :func:`torch_module` finds the network inside.
+A strategy sees a :class:`Round` (the trained model, the unlabelled candidates, the labelled
+set, the batch size and a seeded generator) and returns positions into the candidates. Most are
+a name of :data:`rprselect.acquisition.ACQUISITIONS` with parameters and a batch mode
+(:class:`Spec`); the rest need more than per-sample scores:
 
-The uncertainty baselines (least confidence, margin, entropy) are modAL's own functions and are
-not repeated here. This module adds random sampling, MC-dropout BALD, core-set (greedy k-center)
-and three RPR strategies:
+- ``bald``: MC-dropout BALD (Gal et al. 2017) on a network trained with dropout.
+- ``badge``: k-means++ seeding on last-layer gradient embeddings (Ash et al. 2020).
+- ``coreset``: greedy k-center on penultimate features (Sener & Savarese 2018).
+- ``rpr_kcenter``: greedy k-center among the ``factor * n`` lowest-RPR candidates.
 
-- ``rpr_lowest``: the ``n`` samples of lowest :math:`\\mathrm{RPR}(x; k)` (paper Eq. 10).
-- ``rpr_diverse``: the ``factor * n`` lowest-RPR samples are candidates, and greedy k-center on
-  penultimate features picks ``n`` of them, starting from the labeled set as centres.
-- ``rpr_entropy``: rank average of :math:`1 - \\mathrm{RPR}` and the predictive entropy, both
-  ranked over the pool (ties averaged) and scaled to ``(0, 1]``; the ``n`` highest are taken.
-
-RPR comes from ``rprselect.integrations.modal.rpr_sampling`` when that adapter is installed, else
-from :func:`rprselect.svd_batch` (dense solver) and :func:`rprselect.rpr` directly.
+RPR curves come from :func:`exact_rpr_curves` (the C rows of A[x] by the public
+:func:`rprselect.linearize_batch`, then a LAPACK SVD), computed once per round and shared by
+every variant; the acquisition functions take them as the ``(N, k)`` curve array that a
+:class:`~rprselect.ScoreTable` holds.
 """
 
 from __future__ import annotations
 
 import functools
+import time
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import nn
 
-from ..metrics import rpr
-from ..solvers import svd_batch
+from .. import acquisition as acq
+from ..linearize import linearize_batch
+from .al_baselines import badge_sampling, bald_scores, k_center_greedy, penultimate_features
 
 __all__ = [
+    "Spec",
+    "Round",
     "STRATEGIES",
-    "query_strategy",
-    "active_learner_class",
-    "torch_module",
+    "PILOT",
+    "FINAL",
+    "GROUPS",
+    "eligible",
+    "group_of",
     "predict_logits",
-    "penultimate_features",
-    "k_center_greedy",
-    "rpr_scores",
-    "rpr_source",
-    "random_sampling",
-    "bald_sampling",
-    "coreset_sampling",
-    "rpr_lowest_sampling",
-    "rpr_diverse_sampling",
-    "rpr_entropy_sampling",
+    "query",
 ]
 
-#: Every strategy of the benchmark, in report order before ranking.
-STRATEGIES: tuple[str, ...] = (
-    "random",
-    "least_confidence",
-    "margin",
-    "entropy",
-    "bald",
-    "coreset",
-    "rpr_lowest",
-    "rpr_diverse",
-    "rpr_entropy",
-)
-
 _INFER_BATCH = 512
-_RPR_BATCH = 128
-#: Scoring settings handed to the adapter: the same exact solver as the direct path.
-_ADAPTER_KW: dict[str, Any] = {"solver": "dense", "batch_size": _RPR_BATCH}
-
-
-def torch_module(classifier: Any) -> nn.Module:
-    """The ``nn.Module`` inside a modAL learner, a skorch net, or the module itself.
-
-    Raises:
-        TypeError: if no module is found.
-    """
-    obj = getattr(classifier, "estimator", classifier)
-    module = getattr(obj, "module_", obj)
-    if not isinstance(module, nn.Module):
-        raise TypeError(
-            "classifier must be a modAL learner, a fitted skorch net or an nn.Module, "
-            f"got {type(classifier).__name__}"
-        )
-    return module
-
-
-def _as_tensor(X: np.ndarray | torch.Tensor) -> torch.Tensor:
-    return torch.as_tensor(np.asarray(X, dtype=np.float32))
+_RPR_BATCH = 256
 
 
 def predict_logits(module: nn.Module, X: np.ndarray | torch.Tensor) -> torch.Tensor:
     """Logits of ``X`` in eval mode, batched, without gradients."""
     module.eval()
-    xt = _as_tensor(X)
+    xt = torch.as_tensor(np.asarray(X, dtype=np.float32))
     with torch.no_grad():
         return torch.cat(
             [module(xt[i : i + _INFER_BATCH]) for i in range(0, len(xt), _INFER_BATCH)]
         )
 
 
-def _last_linear(module: nn.Module) -> nn.Linear:
-    linears = [m for m in module.modules() if isinstance(m, nn.Linear)]
-    if not linears:
-        raise TypeError(f"module must contain an nn.Linear, got {type(module).__name__}")
-    return linears[-1]
+@dataclass
+class Round:
+    """What a strategy may look at in one round (lazily computed columns are cached).
 
-
-def penultimate_features(module: nn.Module, X: np.ndarray | torch.Tensor) -> torch.Tensor:
-    """Input of the last ``nn.Linear`` (256-d for ``MNISTNet``), shape ``(N, d)``."""
-    captured: list[torch.Tensor] = []
-
-    def hook(_: nn.Module, inputs: tuple[torch.Tensor, ...]) -> None:
-        captured.append(inputs[0].detach())
-
-    handle = _last_linear(module).register_forward_pre_hook(hook)
-    try:
-        predict_logits(module, X)
-    finally:
-        handle.remove()
-    return torch.cat(captured).flatten(1)
-
-
-def k_center_greedy(
-    pool: torch.Tensor, centres: torch.Tensor, n: int
-) -> tuple[np.ndarray, np.ndarray]:
-    """Greedy k-center (Sener & Savarese 2018): repeatedly take the point farthest from the centres.
-
-    .. math:: i_t = \\arg\\max_{i} \\min_{c \\in C_{t-1}} \\|f_i - f_c\\|_2,\\quad
-        C_t = C_{t-1} \\cup \\{i_t\\}
-
-    Args:
-        pool: ``(N, d)`` features of the candidates.
-        centres: ``(M, d)`` features of the labeled samples (``M`` may be 0).
-        n: number of points to pick, ``1 <= n <= N``.
-
-    Returns:
-        ``(indices, distances)``: positions into ``pool`` in pick order and the distance of each
-        to its nearest centre when it was picked.
+    Attributes:
+        model: the network trained on the labelled set (``bald`` gets its dropout twin).
+        x: ``(N, C, H, W)`` float32 unlabelled candidates.
+        lab_x, lab_y: the labelled set.
+        n: batch size.
+        rng: the round's generator.
+        k: rank of the RPR curve (ranks 1..k).
+        n_classes: number of classes.
+        params: strategy knobs (``mc_samples``, ``factor``).
     """
-    if not 1 <= n <= len(pool):
-        raise ValueError(f"n must satisfy 1 <= n <= {len(pool)}, got {n}")
-    pool = pool.double()
-    if len(centres):
-        mind = torch.full((len(pool),), float("inf"), dtype=torch.float64)
-        for i in range(0, len(centres), 1024):
-            mind = torch.minimum(
-                mind, torch.cdist(pool, centres[i : i + 1024].double()).min(1).values
+
+    model: nn.Module
+    x: np.ndarray
+    lab_x: np.ndarray
+    lab_y: np.ndarray
+    n: int
+    rng: np.random.Generator
+    k: int
+    n_classes: int
+    params: dict[str, Any] = field(default_factory=dict)
+    cache: dict[str, Any] = field(default_factory=dict)
+    svd_seconds: float = 0.0
+
+    def _get(self, key: str, make: Callable[[], Any]) -> Any:
+        if key not in self.cache:
+            self.cache[key] = make()
+        return self.cache[key]
+
+    def logits(self) -> np.ndarray:
+        return self._get("logits", lambda: predict_logits(self.model, self.x).double().numpy())
+
+    def x_norm(self) -> np.ndarray:
+        return self._get("x_norm", lambda: _norms(self.x))
+
+    def curve(self) -> np.ndarray:
+        """``(N, k)`` RPR curves of the candidates."""
+        return self._get("curve", lambda: self._rpr(self.x))
+
+    def labelled(self) -> acq.Labelled:
+        def make() -> acq.Labelled:
+            return acq.Labelled(
+                y=self.lab_y,
+                rpr_curve=self._rpr(self.lab_x),
+                logits=predict_logits(self.model, self.lab_x).double().numpy(),
+                x_norm=_norms(self.lab_x),
             )
-    else:  # no centres yet: start from the point farthest from the mean
-        mind = (pool - pool.mean(0)).norm(dim=1)
-    picked, dists = [], []
-    for _ in range(n):
-        i = int(torch.argmax(mind))
-        picked.append(i)
-        dists.append(float(mind[i]))
-        mind = torch.minimum(mind, (pool - pool[i]).norm(dim=1))
-        mind[i] = -1.0
-    return np.asarray(picked, dtype=np.int64), np.asarray(dists)
+
+        return self._get("labelled", make)
+
+    def counts_only(self) -> acq.Labelled:
+        return acq.Labelled(y=self.lab_y)
+
+    def _rpr(self, x: np.ndarray) -> np.ndarray:
+        """RPR curves (see :func:`exact_rpr_curves`); an all-zero input has RPR 1."""
+        t0 = time.perf_counter()
+        out = np.ones((len(x), self.k))
+        nz = np.flatnonzero(_norms(x) > 0)
+        if len(nz):
+            out[nz] = exact_rpr_curves(self.model, x[nz], self.k)
+        self.svd_seconds += time.perf_counter() - t0
+        return out
 
 
-def _adapter() -> Callable[..., tuple[Any, Any]] | None:
-    try:
-        from rprselect.integrations.modal import rpr_sampling
-    except ImportError:
-        return None
-    return rpr_sampling
+def exact_rpr_curves(model: nn.Module, x: np.ndarray, k: int) -> np.ndarray:
+    """``(N, k)`` exact RPR curves of a classifier with ``C`` outputs, in float64.
 
-
-def rpr_source() -> str:
-    """Which code computes RPR here: the modAL adapter or ``svd_batch`` + ``rpr`` directly."""
-    if _adapter() is not None:
-        return "rprselect.integrations.modal.rpr_sampling"
-    return "rprselect.svd_batch(solver='dense') + rprselect.rpr"
-
-
-def _direct_rpr(module: nn.Module, X: np.ndarray | torch.Tensor, k: int) -> np.ndarray:
-    module.eval()
-    xt = _as_tensor(X)
-    out = np.ones(len(xt))  # an all-zero image has nothing outside the range: RPR := 1
-    nonzero = torch.nonzero(xt.flatten(1).abs().sum(1) > 0).flatten()
-    for i in range(0, len(nonzero), _RPR_BATCH):
-        idx = nonzero[i : i + _RPR_BATCH]
-        result = svd_batch(module, xt[idx], k=k, solver="dense")
-        out[idx.numpy()] = rpr(result, xt[idx])[:, -1].numpy()
+    With ``C`` outputs, A[x] is ``C x D``: its rows come from ``C`` adjoint products
+    (:func:`rprselect.linearize_batch`, ``rmatmat`` of the identity), and a LAPACK SVD of the
+    small ``C x D`` matrix gives :math:`V_r`, so
+    :math:`\\mathrm{RPR}(x; r) = \\|V_r^T x\\|^2 / \\|x\\|^2` (paper Eq. 10) costs C backward
+    passes instead of D forward ones. Ranks beyond ``C`` (where A[x] has no more singular
+    vectors) repeat the value at ``C``.
+    """
+    out = np.empty((len(x), k))
+    for i in range(0, len(x), _RPR_BATCH):
+        xb = torch.from_numpy(np.ascontiguousarray(x[i : i + _RPR_BATCH]))
+        op = linearize_batch(model, xb)
+        C = int(np.prod(op.out_shape))
+        eye = torch.eye(C, dtype=xb.dtype).reshape(C, *op.out_shape)
+        rows = op.rmatmat(eye.expand(len(xb), *eye.shape).contiguous()).flatten(2).double()
+        _, _, vh = torch.linalg.svd(rows, full_matrices=False)  # (B, C, D)
+        proj = (vh @ xb.double().flatten(1)[:, :, None])[..., 0] ** 2  # (B, C)
+        cum = proj.cumsum(1) / xb.double().flatten(1).pow(2).sum(1, keepdim=True)
+        r = min(k, C)
+        out[i : i + len(xb), :r] = cum[:, :r].numpy()
+        out[i : i + len(xb), r:] = cum[:, r - 1 : r].numpy()
     return out
 
 
-def rpr_scores(classifier: Any, X: np.ndarray, k: int = 10) -> np.ndarray:
-    """:math:`\\mathrm{RPR}(x; k)` of every sample of ``X``, ``(N,)`` float64 in ``[0, 1]``.
+def _norms(x: np.ndarray) -> np.ndarray:
+    return np.asarray(np.linalg.norm(x.reshape(len(x), -1).astype(np.float64), axis=1))
 
-    Uses ``rprselect.integrations.modal.rpr_sampling`` asked for all ``N`` samples when the
-    adapter is available (so the benchmark exercises it), else ``svd_batch`` + ``rpr``.
+
+@dataclass(frozen=True)
+class Spec:
+    """A strategy that is an acquisition of :mod:`rprselect.acquisition` plus a batch mode.
+
+    Attributes:
+        acquisition: a key of ``ACQUISITIONS``.
+        params: the score's parameters.
+        batch: ``"top"``, ``"stratified"`` or ``"power"``.
+        transform: power sampling's transform.
     """
-    sampler = _adapter()
-    if sampler is None:
-        return _direct_rpr(torch_module(classifier), X, k)
-    torch_module(classifier).eval()
-    idx, scores = sampler(classifier, X, n_instances=len(X), k=k, **_ADAPTER_KW)
-    out = np.full(len(X), np.nan)
-    out[np.asarray(idx, dtype=np.int64)] = np.asarray(scores, dtype=np.float64)
-    if np.isnan(out).any():
-        raise RuntimeError("rpr_sampling did not return a score for every sample")
-    return out
+
+    acquisition: str
+    params: tuple[tuple[str, Any], ...] = ()
+    batch: str = "top"
+    transform: str = "rank"
 
 
-def random_sampling(
-    classifier: Any, X: np.ndarray, n_instances: int = 1, *, rng: np.random.Generator
-) -> tuple[np.ndarray, np.ndarray]:
-    """``n_instances`` positions drawn uniformly without replacement; scores are all 0."""
-    idx = rng.choice(len(X), size=n_instances, replace=False)
-    return idx, np.zeros(n_instances)
+def _needs(spec: Spec) -> tuple[str, ...]:
+    return acq.ACQUISITIONS[spec.acquisition].needs
 
 
-def _mc_probabilities(module: nn.Module, X: np.ndarray, mc_samples: int) -> torch.Tensor:
-    """``(T, N, C)`` softmax outputs with dropout on; MNISTNet runs its conv trunk only once."""
-    xt = _as_tensor(X)
-    module.eval()
-    with torch.no_grad():
-        if all(hasattr(module, n) for n in ("fc1", "fc2", "fc3", "drop1", "conv2", "pool2")):
-            p = float(module.dropout)  # type: ignore[arg-type]
-            hs = []
-            for i in range(0, len(xt), _INFER_BATCH):
-                h = module.pool1(module.relu1(module.conv1(xt[i : i + _INFER_BATCH])))  # type: ignore[operator]
-                h = module.pool2(module.relu2(module.conv2(h)))  # type: ignore[operator]
-                hs.append(module.relu3(module.fc1(torch.flatten(h, 1))))  # type: ignore[operator]
-            h = torch.cat(hs)
-            outs = []
-            for _ in range(mc_samples):
-                z = module.relu4(module.fc2(F.dropout(h, p, training=True)))  # type: ignore[operator]
-                outs.append(F.softmax(module.fc3(F.dropout(z, p, training=True)), -1))  # type: ignore[operator]
-            return torch.stack(outs)
-        module.train()  # generic path: dropout modules active, T full passes
-        try:
-            return torch.stack(
-                [
-                    torch.cat(
-                        [
-                            F.softmax(module(xt[i : i + _INFER_BATCH]), -1)
-                            for i in range(0, len(xt), _INFER_BATCH)
-                        ]
-                    )
-                    for _ in range(mc_samples)
-                ]
-            )
-        finally:
-            module.eval()
+def _by_spec(spec: Spec, rnd: Round) -> np.ndarray:
+    needs = _needs(spec)
+    params = dict(spec.params)
+    labelled: acq.Labelled | None = None
+    if "labelled" in needs or (spec.acquisition == "vim" and "alpha" not in params):
+        labelled = rnd.labelled()
+    elif spec.batch == "stratified":
+        labelled = rnd.counts_only()
+    if spec.acquisition == "jacobian_frobenius":
+        params.update(model=rnd.model, X=torch.from_numpy(np.ascontiguousarray(rnd.x)))
+    return acq.acquire(
+        spec.acquisition,
+        rnd.curve() if "table" in needs else None,
+        rnd.n,
+        logits=rnd.logits(),
+        x_norm=rnd.x_norm() if "x_norm" in needs else None,
+        labelled=labelled,
+        rng=rnd.rng,
+        batch=spec.batch,
+        transform=spec.transform,
+        **params,
+    )
 
 
-def _entropy(p: torch.Tensor) -> torch.Tensor:
-    return -(p * torch.log(p.clamp_min(1e-12))).sum(-1)
+def _bald(rnd: Round, mc_samples: int | None = None) -> np.ndarray:
+    s = bald_scores(rnd.model, rnd.x, mc_samples or int(rnd.params.get("mc_samples", 20)))
+    return np.lexsort((rnd.rng.permutation(len(s)), -s))[: rnd.n]
 
 
-def bald_sampling(
-    classifier: Any, X: np.ndarray, n_instances: int = 1, *, mc_samples: int = 20
-) -> tuple[np.ndarray, np.ndarray]:
-    """MC-dropout BALD (Gal et al. 2017): the largest mutual information.
-
-    .. math:: I(y; \\theta \\mid x) \\approx H\\Big[\\tfrac1T \\sum_t p_t\\Big]
-        - \\tfrac1T \\sum_t H[p_t]
-
-    The network must contain dropout; ``T = mc_samples`` stochastic passes.
-    """
-    probs = _mc_probabilities(torch_module(classifier), X, mc_samples)
-    score = (_entropy(probs.mean(0)) - _entropy(probs).mean(0)).numpy()
-    idx = np.argsort(-score, kind="stable")[:n_instances]
-    return idx, score[idx]
+def _badge(rnd: Round) -> np.ndarray:
+    return badge_sampling(rnd.model, rnd.x, rnd.n, rnd.rng)
 
 
-def coreset_sampling(
-    classifier: Any, X: np.ndarray, n_instances: int = 1
-) -> tuple[np.ndarray, np.ndarray]:
-    """Core-set: greedy k-center on penultimate features, the labeled set as first centres."""
-    module = torch_module(classifier)
-    labeled = getattr(classifier, "X_training", None)
-    centres = penultimate_features(module, labeled) if labeled is not None else torch.empty(0)
-    return k_center_greedy(penultimate_features(module, X), centres, n_instances)
+def _coreset(rnd: Round) -> np.ndarray:
+    feats = penultimate_features(rnd.model, rnd.x)
+    centres = penultimate_features(rnd.model, rnd.lab_x)
+    return k_center_greedy(feats, centres, rnd.n)[0]
 
 
-def rpr_lowest_sampling(
-    classifier: Any, X: np.ndarray, n_instances: int = 1, *, k: int = 10
-) -> tuple[np.ndarray, np.ndarray]:
-    """The ``n_instances`` samples of lowest :math:`\\mathrm{RPR}(x; k)`, via the modAL adapter."""
-    sampler = _adapter()
-    if sampler is not None:
-        torch_module(classifier).eval()
-        idx, scores = sampler(classifier, X, n_instances=n_instances, k=k, **_ADAPTER_KW)
-        return np.asarray(idx, dtype=np.int64), np.asarray(scores, dtype=np.float64)
-    score = rpr_scores(classifier, X, k)
-    idx = np.argsort(score, kind="stable")[:n_instances]
-    return idx, score[idx]
+def _rpr_kcenter(rnd: Round) -> np.ndarray:
+    factor = int(rnd.params.get("factor", 5))
+    cand = np.argsort(rnd.curve()[:, -1], kind="stable")[: min(len(rnd.x), factor * rnd.n)]
+    feats = penultimate_features(rnd.model, rnd.x[cand])
+    centres = penultimate_features(rnd.model, rnd.lab_x)
+    return cand[k_center_greedy(feats, centres, rnd.n)[0]]
 
 
-def rpr_diverse_sampling(
-    classifier: Any, X: np.ndarray, n_instances: int = 1, *, k: int = 10, factor: int = 5
-) -> tuple[np.ndarray, np.ndarray]:
-    """Greedy k-center among the ``factor * n_instances`` lowest-RPR samples.
-
-    Low RPR says where the model is blind; the k-center step stops the batch from being
-    ``n_instances`` near-copies of one blind spot. Scores are the RPR of the picked samples.
-    """
-    if factor < 1:
-        raise ValueError(f"factor must be >= 1, got {factor}")
-    score = rpr_scores(classifier, X, k)
-    cand = np.argsort(score, kind="stable")[: min(len(X), factor * n_instances)]
-    module = torch_module(classifier)
-    labeled = getattr(classifier, "X_training", None)
-    centres = penultimate_features(module, labeled) if labeled is not None else torch.empty(0)
-    pick, _ = k_center_greedy(penultimate_features(module, X[cand]), centres, n_instances)
-    idx = cand[pick]
-    return idx, score[idx]
+def _p(**kw: Any) -> tuple[tuple[str, Any], ...]:
+    return tuple(sorted(kw.items()))
 
 
-def _unit_ranks(v: np.ndarray) -> np.ndarray:
-    """Average ranks of ``v`` (ties share their mean rank) scaled to ``(0, 1]``."""
-    from scipy.stats import rankdata
+#: Every strategy the benchmark knows: a :class:`Spec` or a function of the :class:`Round`.
+STRATEGIES: dict[str, Spec | Callable[[Round], np.ndarray]] = {
+    # baselines
+    "random": Spec("random"),
+    "margin": Spec("margin"),
+    "entropy": Spec("entropy"),
+    "least_confidence": Spec("max_softmax"),
+    "bald": _bald,
+    "bald_mc5": functools.partial(_bald, mc_samples=5),
+    "bald_mc50": functools.partial(_bald, mc_samples=50),
+    "badge": _badge,
+    "power_margin": Spec("margin", batch="power", transform="min"),
+    "power_margin_rank": Spec("margin", batch="power", transform="rank"),
+    "coreset": _coreset,
+    "margin_strat": Spec("margin", batch="stratified"),
+    # controls without an SVD
+    "ratio": Spec("output_input_ratio"),
+    "max_logit": Spec("max_logit"),
+    "energy": Spec("energy"),
+    "hutchinson": Spec("jacobian_frobenius", _p(n_probes=8)),
+    # RPR: the paper's rule and its variants
+    "lowest": Spec("lowest"),
+    **{f"lowest_r{r}": Spec("lowest", _p(r=r)) for r in range(2, 7)},
+    **{f"lowest_r{r}_strat": Spec("lowest", _p(r=r), batch="stratified") for r in (2, 3, 4)},
+    "rank_mean": Spec("rank_mean"),
+    "rank_mean_r6": Spec("rank_mean", _p(r_max=6)),
+    "class_cond": Spec("class_conditional"),
+    **{f"class_cond_r{r}": Spec("class_conditional", _p(r=r)) for r in (2, 4)},
+    "class_cond_strat": Spec("class_conditional", batch="stratified"),
+    **{
+        f"margin_rpr_g{g}": Spec("margin_rpr", _p(gamma=float(g.replace("p", "."))))
+        for g in ("0p5", "1", "2")
+    },
+    "margin_rpr_g1_r3": Spec("margin_rpr", _p(gamma=1.0, r=3)),
+    "margin_rpr_strat": Spec("margin_rpr", _p(gamma=1.0), batch="stratified"),
+    "margin_rpr_power": Spec("margin_rpr", _p(gamma=1.0), batch="power", transform="min"),
+    "rank_entropy": Spec("rank_entropy"),
+    "vim": Spec("vim"),
+    "vim_r4": Spec("vim", _p(r=4)),
+    "rpr_kcenter": _rpr_kcenter,
+}
 
-    return np.asarray(rankdata(v, method="average"), dtype=np.float64) / len(v)
+#: Which family each strategy belongs to, for the report.
+GROUPS: dict[str, str] = {
+    **{
+        n: "baseline"
+        for n in (
+            "random",
+            "margin",
+            "entropy",
+            "least_confidence",
+            "bald",
+            "bald_mc5",
+            "bald_mc50",
+            "badge",
+            "power_margin_rank",
+            "power_margin",
+            "coreset",
+            "margin_strat",
+        )
+    },
+    **{n: "control (no SVD)" for n in ("ratio", "max_logit", "energy", "hutchinson")},
+}
+
+#: The pilot's candidates: everything but the slow or redundant.
+PILOT: tuple[str, ...] = tuple(
+    n
+    for n in STRATEGIES
+    if n
+    not in (
+        "coreset",
+        "least_confidence",
+        "lowest_r5",
+        "lowest_r2_strat",
+        "lowest_r4_strat",
+        "class_cond_r2",
+        "rank_mean_r6",
+        "vim_r4",
+        "rpr_kcenter",
+    )
+)
+
+#: The final runs' candidates, chosen from the pilot (docs/acquisition.md).
+FINAL: tuple[str, ...] = PILOT
 
 
-def rpr_entropy_sampling(
-    classifier: Any, X: np.ndarray, n_instances: int = 1, *, k: int = 10
-) -> tuple[np.ndarray, np.ndarray]:
-    """Hybrid: the highest rank average of :math:`1-\\mathrm{RPR}` and predictive entropy.
-
-    .. math:: s(x) = \\tfrac12\\big[\\operatorname{rank}(1 - \\mathrm{RPR}(x;k))
-        + \\operatorname{rank}(H[p(y \\mid x)])\\big] / N
-
-    Ranks make the two scores commensurable without tuning a weight.
-    """
-    r = rpr_scores(classifier, X, k)
-    p = F.softmax(predict_logits(torch_module(classifier), X), -1)
-    score = 0.5 * (_unit_ranks(1.0 - r) + _unit_ranks(_entropy(p).numpy()))
-    idx = np.argsort(-score, kind="stable")[:n_instances]
-    return idx, score[idx]
+def eligible(name: str) -> bool:
+    """Whether ``select`` can compute strategy ``name`` from a ScoreTable (docs/acquisition.md):
+    an acquisition of the registry other than ``random``, with any batch mode."""
+    s = STRATEGIES.get(name)
+    return isinstance(s, Spec) and s.acquisition != "random"
 
 
-def query_strategy(
-    name: str, *, seed: int, k: int = 10, mc_samples: int = 20, factor: int = 5
-) -> Callable[..., tuple[Any, Any]]:
-    """The modAL query strategy called ``name`` (one of :data:`STRATEGIES`), settings bound.
+def group_of(name: str) -> str:
+    return GROUPS.get(name, "RPR")
 
-    Args:
-        name: the strategy.
-        seed: seed of ``random``'s generator.
-        k: rank of the RPR.
-        mc_samples: BALD's dropout passes.
-        factor: ``rpr_diverse`` candidates per query.
+
+def query(name: str, rnd: Round) -> np.ndarray:
+    """Positions into ``rnd.x`` that strategy ``name`` picks.
 
     Raises:
-        ValueError: if ``name`` is unknown.
-        ImportError: if modAL is missing.
+        ValueError: an unknown name, or a strategy that returned duplicates or the wrong count.
     """
     if name not in STRATEGIES:
-        raise ValueError(f"name must be one of {STRATEGIES}, got {name!r}")
-    try:
-        from modAL.uncertainty import entropy_sampling, margin_sampling, uncertainty_sampling
-    except ImportError as exc:
-        raise ImportError("modAL strategies need modAL: pip install rprselect[modal]") from exc
-    table: dict[str, Callable[..., tuple[Any, Any]]] = {
-        "random": functools.partial(random_sampling, rng=np.random.default_rng([seed, 2])),
-        "least_confidence": uncertainty_sampling,
-        "margin": margin_sampling,
-        "entropy": entropy_sampling,
-        "bald": functools.partial(bald_sampling, mc_samples=mc_samples),
-        "coreset": coreset_sampling,
-        "rpr_lowest": functools.partial(rpr_lowest_sampling, k=k),
-        "rpr_diverse": functools.partial(rpr_diverse_sampling, k=k, factor=factor),
-        "rpr_entropy": functools.partial(rpr_entropy_sampling, k=k),
-    }
-    return table[name]
-
-
-def active_learner_class() -> type:
-    """modAL's ``ActiveLearner``, with ``teach`` fixed for scikit-learn >= 1.6.
-
-    modAL 0.4.2 passes ``force_all_finite`` to ``check_X_y``, which scikit-learn 1.6 renamed
-    (TypeError on every ``teach``); the subclass appends the new samples itself.
-
-    Raises:
-        ImportError: if modAL is missing.
-    """
-    try:
-        from modAL.models import ActiveLearner
-    except ImportError as exc:
-        raise ImportError("ActiveLearner needs modAL: pip install rprselect[modal]") from exc
-
-    class _ActiveLearner(ActiveLearner):  # type: ignore[misc]
-        def _add_training_data(self, X: np.ndarray, y: np.ndarray) -> None:
-            known_x, known_y = getattr(self, "X_training"), getattr(self, "y_training")  # noqa: B009
-            self.X_training = np.concatenate([known_x, X])
-            self.y_training = np.concatenate([known_y, y])
-
-    return _ActiveLearner
+        raise ValueError(f"strategy must be one of {sorted(STRATEGIES)}, got {name!r}")
+    s = STRATEGIES[name]
+    idx = np.asarray(_by_spec(s, rnd) if isinstance(s, Spec) else s(rnd), dtype=np.int64)
+    if len(idx) != rnd.n or len(np.unique(idx)) != rnd.n:
+        raise RuntimeError(f"strategy {name} returned {len(idx)} positions, not {rnd.n} unique")
+    return idx
