@@ -50,7 +50,7 @@ class RPRHandler:
       "converged"}`` dicts, lowest RPR first;
     - sets ``engine.state.rpr_scores``: the whole :class:`~rprselect.scoring.ScoreTable`;
     - writes ``output_dir/rpr_epoch{N}.json`` with the epoch, the settings and the proposals,
-      and ``output_dir/rpr_epoch{N}.png``: the proposed samples with their RPR (middle axial
+      and with ``plot=True`` ``output_dir/rpr_epoch{N}.png``: the proposed samples with their RPR (middle axial
       slice of a volume, the network's prediction laid over it) and the pool's RPR histogram
       with the proposals marked (:func:`rprselect.plots.plot_proposals`, as
       ``rprselect select --plot`` draws it);
@@ -77,8 +77,8 @@ class RPRHandler:
         ids: one id per pool sample; default file names for a FilePool, else positions.
         network: the model to score; default ``engine.network`` (a MONAI trainer's).
         progress: show a progress bar while scoring.
-        plot: write the PNG beside the JSON (needs matplotlib; without it a warning says so
-            and only the JSON is written).
+        plot: write the PNG beside the JSON at every firing (needs matplotlib; without it a
+            warning says so and only the JSON is written).
 
     Raises:
         ValueError: ``every``, ``n_propose``, ``k`` or ``sw_batch_size`` below 1, an
@@ -109,7 +109,7 @@ class RPRHandler:
         ids: Sequence[str] | None = None,
         network: nn.Module | None = None,
         progress: bool = False,
-        plot: bool = True,
+        plot: bool = False,
     ) -> None:
         self.pool = pool
         self.every = _positive_int("every", every)

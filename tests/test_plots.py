@@ -137,7 +137,7 @@ def test_monai_handler_writes_the_png_every_time_it_fires(tmp_path):
     net, X = _classifier(), _pool(6)
     engine = ignite.Engine(lambda e, b: None)
     engine.network = net  # type: ignore[attr-defined]
-    handler = RPRHandler(X, every=1, n_propose=2, k=2, output_dir=tmp_path)
+    handler = RPRHandler(X, every=1, n_propose=2, k=2, output_dir=tmp_path, plot=True)
     handler.attach(engine)
     engine.run([0], max_epochs=2)
     pngs = sorted(p.name for p in tmp_path.glob("*.png"))
