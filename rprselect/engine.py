@@ -50,11 +50,16 @@ __all__ = [
     "progress_bar",
     "warn_summary",
     "RankChoiceWarning",
+    "RankError",
 ]
 
 
 class RankChoiceWarning(UserWarning):
     """``k`` was not given and the default rank was capped by the rank of A[x]."""
+
+
+class RankError(ValueError):
+    """``k`` exceeds the rank of A[x]: a setting to fix, never recorded as a sample failure."""
 
 
 def default_batch_size(sample_numel: int, pool_size: int | None = None) -> int:
@@ -134,7 +139,10 @@ class Engine:
 
     # -- internals ---------------------------------------------------------------------------
     def _rank(self, m: int, n: int) -> int:
-        k = self.settings.rank(m, n)
+        try:
+            k = self.settings.rank(m, n)
+        except ValueError as err:
+            raise RankError(str(err)) from None
         if not self._k_checked and self.settings.k is None and k < DEFAULT_K:
             warnings.warn(
                 f"k was not given: using k={k}, the largest possible for this model "
@@ -145,7 +153,7 @@ class Engine:
         if self.k is None:
             self.k = k
         elif k != self.k:  # a later shape group whose A[x] is smaller than the first one's
-            raise ValueError(
+            raise RankError(
                 f"k must satisfy 0 < k <= min(m, n) = {min(m, n)} for samples of this shape, "
                 f"got {self.k} (chosen for the first samples)"
             )
@@ -292,6 +300,8 @@ def score_group(
     X = torch.stack(xs).to(device, dtype)
     try:
         rows = engine.score_batch(X, [it.index for it in items])
+    except RankError:  # a setting, not a sample, is wrong: stop here
+        raise
     except ValueError as err:
         if not record:
             shown = ", ".join(f"{it.id!r} (index {it.index})" for it in items[:5])
