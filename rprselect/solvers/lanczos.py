@@ -6,17 +6,28 @@ One step of the block variant with block size ``b`` (``b = 1`` is the classic me
 2. the part of ``W`` outside span(U), orthonormalised, is the next left block ``Q``;
 3. ``A^T Q`` (one pass); its part outside span(V), orthonormalised, is the next ``P``.
 
-The stored products ``AV`` and ``Z = A^T U`` make the projected matrix ``B = U^T (AV)`` exact;
-its SVD (float64, LAPACK) gives the Ritz triplets. Because ``AV`` lies in span(U), ``Av = σu``
-holds for every Ritz pair, and ``A^T u - σv`` is the part of ``Z`` outside span(V), which lives
-in the pending block: its coefficients ``E`` give every residual without a product. When the
-basis reaches ``ncv`` vectors it is cut back to the best Ritz vectors (thick restart), keeping
-the pending block, which is orthogonal to them. All ``B`` samples iterate in lockstep, so every
-pass carries ``B * b`` vectors.
+Only the two bases are kept, in preallocated float64 buffers written in place (rows are
+vectors, so every active basis is a contiguous slice). The products are not stored: they are
+recovered from the projected matrix ``B = U^T A V``, which the orthogonalisation coefficients
+give column block by column block:
+
+.. math::
+    A V = U B, \\qquad A^T U = V B^T + P E,
+
+where ``E`` holds the coefficients of ``A^T U``'s part outside span(V), which is the pending
+block. With ``B = X S Y^T`` (float64, LAPACK), every Ritz triplet ``(σ, u = U x, v = V y)``
+has ``A v = σ u`` exactly and ``A^T u - σ v = P E x``, so its residual is ``|E x|`` without a
+product. When the basis reaches ``ncv`` vectors it is cut back to the best ``keep >= k + 7``
+Ritz vectors (thick restart: ``B`` becomes ``diag(S)``, ``E`` becomes ``E X``), keeping the
+pending block, which is orthogonal to them. The converged leading triplets are always among
+the kept vectors. All ``B`` samples iterate in lockstep, so every pass carries ``B * b``
+vectors. Orthogonalisation is classical Gram-Schmidt with one refinement pass when the
+DGKS criterion asks for it (``|w'| < |w| / sqrt(2)``), as SLEPc does.
 """
 
 from __future__ import annotations
 
+import math
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -27,32 +38,52 @@ from torch import Tensor
 from ..operator import LinearOperator
 from .result import SolverConfig, SVDResult
 
-__all__ = ["lanczos_svd", "NotConvergedWarning", "LanczosState", "StopRule"]
+__all__ = ["lanczos_svd", "NotConvergedWarning", "LanczosState", "StopRule", "restart_keep"]
+
+_ETA = 1 / math.sqrt(2)  # DGKS: refine when the projection removed more than this share
 
 
 @dataclass(frozen=True)
 class LanczosState:
     """What a stopping rule sees after a Lanczos step that has at least k Ritz values.
 
+    The state is valid only during the call: its basis is a view of the solver's buffer.
+
     Attributes:
         step: block steps done so far (each one A pass and one Aᵀ pass).
-        values: ``(B, k)`` Ritz values, descending (float64).
-        estimates: ``(B, k)`` relative residual estimates of the top-k Ritz triplets, from the
-            pending block's coefficients (no product).
+        values: ``(B, k)`` Ritz values, descending (float64). They are lower bounds of the
+            true singular values (Cauchy interlacing), ``values[:, i] <= σ_i``.
+        estimates: ``(B, k)`` relative residuals of the top-k Ritz triplets,
+            ``|A^T u - σ v| / σ`` (``A v = σ u`` holds exactly), from ``E`` (no product).
         n_products: products spent so far, per sample.
+        next_value: ``(B,)`` Ritz value k + 1 (0 when the projected matrix has only k).
+        next_residual: ``(B,)`` absolute residual of Ritz triplet k + 1 (``inf`` when none).
+        residual_norm: ``(B,)`` spectral norm of the top-k residual block
+            ``A^T U_k - V_k Σ_k = P (E X_k)``, i.e. ``|E X_k|_2``.
     """
 
     step: int
     values: Tensor
     estimates: Tensor
     n_products: int
-    _V: Tensor
-    _Y: Tensor
+    next_value: Tensor
+    next_residual: Tensor
+    residual_norm: Tensor
+    _V: Tensor  # (B, p, n) rows: the right basis
+    _Y: Tensor  # (B, p, r) right singular vectors of the projected matrix
 
     def right_vectors(self, r: int | None = None) -> Tensor:
         """The top-``r`` right Ritz vectors, ``(B, n, r)`` in float64 (default ``r = k``)."""
         r = self.values.shape[-1] if r is None else r
-        return self._V @ self._Y[..., :r].to(self._V.dtype)
+        return self._V.mT @ self._Y[..., :r]
+
+    def coefficients(self, x: Tensor) -> Tensor:
+        """``V_k^T x`` for one vector per sample, ``x`` of shape ``(B, n)``: ``(B, k)``.
+
+        Costs one pass over the basis (no product); RPR(x; k) is ``|V_k^T x|^2 / |x|^2``.
+        """
+        c = self._V @ x.to(self._V.dtype).unsqueeze(-1)  # (B, p, 1)
+        return (self._Y[..., : self.values.shape[-1]].mT @ c)[..., 0]
 
 
 #: ``stop(state) -> bool``: end the iteration early (``stop_reason="callback"``)
@@ -63,37 +94,72 @@ class NotConvergedWarning(UserWarning):
     """Some singular triplets did not reach the tolerance; see ``SVDResult.converged``."""
 
 
-def _orthonormalize(
-    W: Tensor, basis: Tensor, want: int, gen: torch.Generator
-) -> tuple[Tensor, Tensor]:
-    """Orthonormal ``(B, N, want)`` block spanning W's part outside ``basis``, plus the
-    ``(B, want, c)`` coefficients of that part in it. Deficient columns (already in the span)
-    are replaced by random directions so that the block keeps its size.
+def _project_out(basis: Tensor, W: Tensor, local: int = 0) -> tuple[Tensor, Tensor]:
+    """``W``'s coefficients in ``basis`` and its part outside, by CGS with DGKS refinement.
+
+    ``basis`` is ``(B, p, N)`` with orthonormal rows, ``W`` is ``(B, c, N)``; returns
+    ``(C (B, p, c), W - C^T basis)``. The Lanczos recurrence puts most of ``W`` on the last
+    ``local`` basis vectors; removing that part first lets the full pass usually pass the DGKS
+    test without its second sweep.
     """
-    eps = torch.finfo(W.dtype).eps
-    c = W.shape[-1]
-    if c < want:  # zero columns count as deficient and are filled below
-        W = torch.cat([W, W.new_zeros(*W.shape[:-1], want - c)], -1)
-    norm0 = W.norm(dim=1).clamp_min(torch.finfo(W.dtype).tiny)
-    Wp = W
-    for _ in range(2):  # classical Gram-Schmidt, twice, is enough (Giraud et al.)
-        if basis.shape[-1]:
-            Wp = Wp - basis @ (basis.mT @ Wp)
-    Q, R = torch.linalg.qr(Wp)
-    bad = R.diagonal(dim1=-2, dim2=-1).abs() <= 1e3 * eps * norm0
-    if bad[:, :want].any():
-        noise = torch.randn(W.shape, generator=gen, dtype=W.dtype).to(W.device)
-        filled = torch.where(bad.unsqueeze(1), noise, Wp)
+    p = basis.shape[1]
+    if p == 0:
+        return W.new_zeros(W.shape[0], 0, W.shape[1]), W
+    C = W.new_zeros(W.shape[0], p, W.shape[1])
+    if 0 < local < p:
+        last = basis[:, p - local :]
+        C[:, p - local :] = last @ W.mT
+        W = W - C[:, p - local :].mT @ last
+    C1 = basis @ W.mT
+    Wp = W - C1.mT @ basis
+    C = C + C1
+    if bool((Wp.norm(dim=-1) < _ETA * W.norm(dim=-1)).any()):  # one refinement, if needed
+        C2 = basis @ Wp.mT
+        Wp = Wp - C2.mT @ basis
+        C = C + C2
+    return C, Wp
+
+
+def _orthonormalize(
+    W: Tensor, basis: Tensor, want: int, gen: torch.Generator, local: int = 0
+) -> tuple[Tensor, Tensor, Tensor]:
+    """An orthonormal ``(B, want, N)`` block spanning W's part outside ``basis``.
+
+    Returns ``(Q, C, R)``: ``C (B, p, c)`` are W's coefficients in ``basis`` and
+    ``R (B, want, c)`` those of its outside part in ``Q``, so ``W = C^T basis + R^T Q``.
+    Deficient directions (already in the span) are replaced by random ones orthogonal to both,
+    so that the block keeps its size.
+    """
+    c = W.shape[1]
+    C, Wp = _project_out(basis, W, local)
+    if c < want:  # zero rows count as deficient and are filled below
+        Wp = torch.cat([Wp, Wp.new_zeros(Wp.shape[0], want - c, Wp.shape[2])], 1)
+    norm0 = W.norm(dim=-1).clamp_min(torch.finfo(W.dtype).tiny)
+    Qc, Rc = torch.linalg.qr(Wp.mT)  # (B, N, c'), (B, c', c')
+    tiny = 1e3 * torch.finfo(W.dtype).eps
+    if c < want:
+        norm0 = torch.cat([norm0, norm0.new_ones(norm0.shape[0], want - c)], 1)
+    bad = Rc.diagonal(dim1=-2, dim2=-1).abs() <= tiny * norm0
+    if bool(bad[:, :want].any()):
+        noise = torch.randn(Wp.shape, generator=gen, dtype=W.dtype).to(W.device)
+        filled = torch.where(bad.unsqueeze(-1), noise, Wp)
         for _ in range(2):
-            if basis.shape[-1]:
-                filled = filled - basis @ (basis.mT @ filled)
-        Q, _ = torch.linalg.qr(filled)
-    Q = Q[..., :want]
-    return Q, Q.mT @ Wp[..., :c]
+            _, filled = _project_out(basis, filled)
+        Qc, _ = torch.linalg.qr(filled.mT)
+    Q = Qc[..., :want].mT.contiguous()
+    return Q, C, Q @ Wp[:, :c].mT
 
 
 def _default_ncv(k: int, b: int, m: int, n: int) -> int:
     return min(max(2 * k + 2 * b, k + 16), min(m, n) + b)
+
+
+def restart_keep(k: int, ncv: int, b: int, available: int) -> int:
+    """Ritz vectors kept at a thick restart: at least ``k + 7`` (half the gap to ``ncv``
+    when that is more), at most ``ncv - b`` so that a block step fits, and at most what
+    exists."""
+    keep = max(k + 7, (ncv + k) // 2)
+    return max(min(keep, ncv - b, available), min(k, available), 1)
 
 
 def lanczos_svd(
@@ -107,13 +173,14 @@ def lanczos_svd(
 
     Triplets that ``max_iter`` leaves unbuilt come back with zero vectors, ``S = 0`` and an
     infinite residual, flagged in ``converged`` with a :class:`NotConvergedWarning`.
+    Memory: the two bases, ``(ncv + b) (m + n)`` float64 numbers per sample, and one block.
 
     Args:
         op: the operator (batched or not); every product goes through ``op.apply``.
         k: triplets wanted. tol: relative residual tolerance. config: solver knobs.
         stop: an optional stopping rule, called after every step once k Ritz values exist
             with a :class:`LanczosState`; returning ``True`` ends the iteration
-            (``stop_reason="callback"``). Triplets then report their true residuals, and
+            (``stop_reason="callback"``). Triplets then report their residuals, and
             ``converged`` says which met ``tol``; no :class:`NotConvergedWarning` is raised for
             a stop the caller asked for.
 
@@ -124,82 +191,81 @@ def lanczos_svd(
     """
     m, n = op.shape
     B, b = op.n_samples, min(config.block_size, m, n)  # a block can't outgrow the matrix
-    ncv = config.ncv or _default_ncv(k, b, m, n)
-    ncv = max(ncv, k + b)
+    ncv = max(config.ncv or _default_ncv(k, b, m, n), k + b)
     # Products run in the network's dtype; the bases are kept in float64, as SLEPc keeps its
     # vectors: in float32 the attainable residual at 64^3 was ~1.5e-4, above the usual tol 1e-4.
     dt, dev = torch.float64, op.device
     gen = torch.Generator().manual_seed(config.seed)
     before_p, before_n = op.n_products, op.n_passes
 
-    V = torch.zeros(B, n, 0, dtype=dt, device=dev)
-    AV = torch.zeros(B, m, 0, dtype=dt, device=dev)
-    U = torch.zeros(B, m, 0, dtype=dt, device=dev)
-    Z = torch.zeros(B, n, 0, dtype=dt, device=dev)
-    E = torch.zeros(B, 0, 0, dtype=dt, device=dev)  # (I - VV^T) Z = P E
-    start = torch.randn(B, n, b, generator=gen, dtype=dt).to(dev)
-    P, _ = _orthonormalize(start, V, min(b, n), gen)
-    confirm_failures = 0
-    Bm = torch.zeros(B, 0, 0, dtype=torch.float64, device=dev)  # U^T A V, kept up to date
+    cap = ncv + b
+    Vt = torch.zeros(B, cap, n, dtype=dt, device=dev)  # rows: V, then the pending block
+    Ut = torch.zeros(B, cap, m, dtype=dt, device=dev)
+    Bm = torch.zeros(B, cap, cap, dtype=dt, device=dev)  # U^T A V, kept up to date
+    p = q = 0  # vectors in V and U
+    start = torch.randn(B, b, n, generator=gen, dtype=dt).to(dev)
+    bv = min(b, n)
+    Vt[:, :bv] = _orthonormalize(start, Vt[:, :0], bv, gen)[0]
+    E = torch.zeros(B, bv, 0, dtype=dt, device=dev)  # (I - VV^T) A^T U = P E
     reason = "max_iter"
+    floor = 8 * torch.finfo(op.dtype).eps  # rounding of a product, relative to |A|
+    X = S = Y = torch.zeros(B, 0, 0, dtype=dt, device=dev)
 
     for step in range(1, config.max_iter + 1):
-        W = _apply(op, P, forward=True)
-        # B = U^T (AV) grows by a column block here and a row block below: O(m p b) per step
-        Bm = torch.cat([Bm, (U.mT @ W).double()], -1)
-        V, AV = torch.cat([V, P], -1), torch.cat([AV, W], -1)  # Z's outside part is now in V
-
-        bu = min(b, m - U.shape[-1])
+        W = _apply(op, Vt[:, p : p + bv], adjoint=False)  # (B, bv, m)
+        bu = min(b, m - q)
+        Q, C1, R = _orthonormalize(W, Ut[:, :q], bu, gen, local=b)
+        Bm[:, :q, p : p + bv] = C1
+        Bm[:, q : q + bu, :p] = 0
+        Bm[:, q : q + bu, p : p + bv] = R
+        p += bv
         Zq = None
         if bu > 0:
-            Q, _ = _orthonormalize(W, U, bu, gen)
-            Zq = _apply(op, Q, forward=False)
-            U, Z = torch.cat([U, Q], -1), torch.cat([Z, Zq], -1)
-            Bm = torch.cat([Bm, (Q.mT @ AV).double()], -2)
-
-        X, S, Yh = torch.linalg.svd(Bm, full_matrices=False)
-        Y = Yh.mT
-        bv = min(b, n - V.shape[-1])
+            Ut[:, q : q + bu] = Q
+            q += bu
+            Zq = _apply(op, Q, adjoint=True)  # (B, bu, n)
+        bv = min(b, n - p)
+        E = torch.zeros(B, bv, q, dtype=dt, device=dev)
         if bv > 0:
-            src = Zq if Zq is not None else torch.randn(B, n, b, generator=gen, dtype=dt).to(dev)
-            P, C = _orthonormalize(src, V, bv, gen)
-            E = torch.zeros(B, bv, U.shape[-1], dtype=dt, device=dev)
+            src = Zq if Zq is not None else torch.randn(B, b, n, generator=gen, dtype=dt).to(dev)
+            P, _, Cp = _orthonormalize(src, Vt[:, :p], bv, gen, local=b)
+            Vt[:, p : p + bv] = P
             if Zq is not None:
-                E[..., U.shape[-1] - Zq.shape[-1] :] = C
-        else:
-            E = torch.zeros(B, 0, U.shape[-1], dtype=dt, device=dev)
+                E[..., q - bu : q] = Cp
+        X, S, Yh = torch.linalg.svd(Bm[:, :q, :p], full_matrices=False)
+        Y = Yh.mT
         kk = min(k, S.shape[-1])
-        est = (E.double() @ X[..., :kk]).norm(dim=1) / S[..., :kk].clamp_min(1e-300)
+        EX = E @ X
+        est = _relative(EX[..., :kk].norm(dim=1), S[..., :kk], floor)
         if bv == 0:
             reason = "exhausted"
             break
-        if kk == k and bool((est <= tol).all()):
-            # The estimate is exact arithmetic; confirm with the residuals of the stored
-            # products, which is what is reported, so that "converged" is never a near miss.
-            if bool((_ritz_residuals(AV, Z, U, V, X, S, Y, k) <= tol).all()):
-                reason = "tol"
-                break
-            confirm_failures += 1
-            if confirm_failures >= 20:  # stuck at the precision floor: report, don't spin
-                break
-        if stop is not None and kk == k:
+        if stop is not None and kk == k:  # before the tol test: the rule sees the last step
             spent = (op.n_products - before_p) // B
-            if stop(LanczosState(step, S[..., :k], est, spent, V, Y)):
+            if stop(_state(step, S, est, EX, spent, Vt[:, :p], Y, k)):
                 reason = "callback"
                 break
-        if V.shape[-1] + bv > ncv:  # thick restart: keep the best Ritz vectors
-            keep = max(k, min(ncv - b, (ncv + k) // 2), 1)
-            keep = min(keep, S.shape[-1])
-            Xl, Yl = X[..., :keep].to(dt), Y[..., :keep].to(dt)
-            V, AV, U, Z, E = V @ Yl, AV @ Yl, U @ Xl, Z @ Xl, E @ Xl
-            Bm = X[..., :keep].mT @ Bm @ Y[..., :keep]
+        if kk == k and bool((est <= tol).all()):
+            reason = "tol"
+            break
+        if p + bv > ncv:  # thick restart: keep the best Ritz vectors, in place
+            keep = restart_keep(k, ncv, b, S.shape[-1])
+            Xl, Yl = X[..., :keep], Y[..., :keep]
+            pending = Vt[:, p : p + bv].clone()
+            Vt[:, :keep] = Yl.mT @ Vt[:, :p]
+            Ut[:, :keep] = Xl.mT @ Ut[:, :q]
+            Vt[:, keep : keep + bv] = pending
+            Bm[:, :keep, :keep] = torch.diag_embed(S[..., :keep])
+            E = EX[..., :keep]
+            p = q = keep
+            X = Y = torch.eye(keep, dtype=dt, device=dev).expand(B, keep, keep)
+            S = S[..., :keep]
 
-    X, S, Y = _ritz(U, AV)
     kk = min(k, S.shape[-1])  # max_iter may stop before k Ritz values exist
-    Uk = (U @ X[..., :kk].to(dt)).mT
-    Vk = (V @ Y[..., :kk].to(dt)).mT
-    Sk = S[..., :kk]
-    residuals = _ritz_residuals(AV, Z, U, V, X, S, Y, kk)
+    Uk = X[..., :kk].mT @ Ut[:, :q]
+    Vk = Y[..., :kk].mT @ Vt[:, :p]
+    Sk = S[..., :kk].clone()
+    residuals = _relative((E @ X[..., :kk]).norm(dim=1), Sk, floor)
     if kk < k:  # missing triplets: zero vectors and values, infinite residual (as slepc does)
         Uk = torch.cat([Uk, Uk.new_zeros(B, k - kk, m)], 1)
         Vk = torch.cat([Vk, Vk.new_zeros(B, k - kk, n)], 1)
@@ -228,34 +294,34 @@ def lanczos_svd(
     )
 
 
-def _apply(op: LinearOperator, block: Tensor, *, forward: bool) -> Tensor:
-    """``A`` or ``A^T`` on a ``(B, N, c)`` column block, returning ``(B, M, c)``."""
-    B, _, c = block.shape
-    shape = op.in_shape if forward else op.out_shape
-    vecs = block.mT.reshape(B, c, *shape).to(op.dtype)
-    out = op.apply(vecs, adjoint=not forward)
-    return out.reshape(B, c, -1).mT.to(block.dtype)
+def _relative(r: Tensor, S: Tensor, floor: float) -> Tensor:
+    """Relative residuals ``sqrt(r^2 + (floor σ_1)^2) / σ``.
+
+    ``r = |E x|`` is exact arithmetic; a product in the operator's dtype is only exact to about
+    ``eps |A|``, so ``floor σ_1`` (σ_1 ≈ |A|) is added in quadrature: a singular value at
+    rounding level (beyond the numerical rank) is then never reported as converged.
+    """
+    top = S[..., :1] if S.shape[-1] else S.new_zeros(S.shape[0], 1)
+    return torch.hypot(r, floor * top) / S.clamp_min(torch.finfo(S.dtype).tiny)
 
 
-def _ritz(U: Tensor, AV: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-    """SVD of the projected matrix ``U^T A V`` in float64: (X, S, Y) with B = X S Y^T."""
-    Bm = U.mT.double() @ AV.double()
-    X, S, Yh = torch.linalg.svd(Bm, full_matrices=False)
-    return X, S, Yh.mT
+def _state(
+    step: int, S: Tensor, est: Tensor, EX: Tensor, spent: int, V: Tensor, Y: Tensor, k: int
+) -> LanczosState:
+    """The :class:`LanczosState` of a step (small matrices only: no pass over the bases)."""
+    B = S.shape[0]
+    if S.shape[-1] > k:
+        nxt, nres = S[..., k], EX[..., k].norm(dim=1)
+    else:
+        nxt, nres = S.new_zeros(B), S.new_full((B,), float("inf"))
+    top = EX[..., :k]
+    rnorm = torch.linalg.matrix_norm(top, ord=2) if top.shape[1] else top.new_zeros(B)
+    return LanczosState(step, S[..., :k], est, spent, nxt, nres, rnorm, V, Y)
 
 
-def _ritz_residuals(
-    AV: Tensor, Z: Tensor, U: Tensor, V: Tensor, X: Tensor, S: Tensor, Y: Tensor, k: int
-) -> Tensor:
-    """Residuals of the top-k Ritz triplets from the stored products (no new ones)."""
-    dt = V.dtype
-    Xk, Yk = X[..., :k].to(dt), Y[..., :k].to(dt)
-    return _residuals_from_products((AV @ Yk).mT, (Z @ Xk).mT, (U @ Xk).mT, (V @ Yk).mT, S[..., :k])
-
-
-def _residuals_from_products(AVk: Tensor, Zk: Tensor, Uk: Tensor, Vk: Tensor, S: Tensor) -> Tensor:
-    """Residuals of Ritz triplets from the stored products ``A v`` and ``A^T u`` (no new ones)."""
-    s = S.unsqueeze(-1)
-    r1 = (AVk.double() - s * Uk.double()).norm(dim=-1)
-    r2 = (Zk.double() - s * Vk.double()).norm(dim=-1)
-    return torch.sqrt(r1**2 + r2**2) / S.clamp_min(torch.finfo(torch.float64).tiny)
+def _apply(op: LinearOperator, rows: Tensor, *, adjoint: bool) -> Tensor:
+    """``A`` or ``A^T`` on a ``(B, c, N)`` block of row vectors, returning ``(B, c, M)``."""
+    B, c, _ = rows.shape
+    shape = op.out_shape if adjoint else op.in_shape
+    out = op.apply(rows.reshape(B, c, *shape).to(op.dtype), adjoint=adjoint)
+    return out.reshape(B, c, -1).to(rows.dtype)
