@@ -1,6 +1,6 @@
 """Products, passes and seconds of each SVD backend on one 3-D pocket UNet (not a pytest test).
 
-Run: ``.venv/bin/python tests/measure_products.py`` (``--help`` for the knobs). The default is
+Run: ``.venv/bin/python scripts/measure_products.py`` (``--help`` for the knobs). The default is
 the issue's setting: ``PocketUNet(in_channels=4, out_channels=2, dims=3, depth=3, filters=8)``
 at 16^3, float32, random weights and input, k=10, tol=1e-4. It prints one Markdown table row
 per solver; singular values are compared with the first solver's.
@@ -12,19 +12,15 @@ every solver 10-15x slower (oversubscription), while products and passes do not 
 from __future__ import annotations
 
 import argparse
-import sys
 import time
 import warnings
-from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from rprselect import NotConvergedWarning, SolverConfig, linearize, svd  # noqa: E402
-from rprselect.models import PocketUNet  # noqa: E402
-from rprselect.solvers import measured_residuals  # noqa: E402
-from rprselect.solvers.slepc import import_slepc  # noqa: E402
+from rprselect import NotConvergedWarning, SolverConfig, linearize, svd
+from rprselect.models import PocketUNet
+from rprselect.solvers import measured_residuals
+from rprselect.solvers.slepc import import_slepc
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -59,8 +55,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"slepc skipped: {err}")
 
     rows, ref = [], None
-    for solver, b in runs:
-        op.n_products = op.n_passes = 0
+    for solver, b in runs:  # every SVDResult counts its own products and passes
         t0 = time.perf_counter()
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")

@@ -1,4 +1,4 @@
-"""``rprselect bench solvers``: the smoke run, the cheap mode, the reference and the targets."""
+"""``rprselect bench solvers``: the smoke run, the ranking mode, trace once, the reference and the targets."""
 
 from __future__ import annotations
 
@@ -15,8 +15,8 @@ from torch import nn
 import rprselect
 from rprselect.benchmarks import solvers, throughput
 from rprselect.layers import SumPool
+from rprselect.linearize import prepare_graph
 from rprselect.models import MNISTNet, PocketUNet
-from rprselect.solvers.lanczos import lanczos_svd
 
 
 def _has_slepc() -> bool:
@@ -57,9 +57,15 @@ def test_smoke_run_writes_json_markdown_and_png(tmp_path: Path) -> None:
             assert row["peak_bytes"] >= 0 and row["seconds"] > 0
     if _has_slepc():  # every solver finds the same RPR as the paper's method
         assert all(r["d_rpr_rel"] < 1e-3 for r in results["rows"] if "d_rpr_rel" in r)
-    assert [t["id"] for t in results["targets"]] == ["P1", "P2", "P3", "P4"]
     report = (tmp_path / "report.md").read_text()
     assert "| case | config | wall s |" in report and "## Targets" in report
+    vol = results["throughput"]["volumes"]
+    assert vol["n"] == 10 and 0 < vol["rank_products"] and vol["rank_max_half_width"] <= 1e-2
+    ids = [t["id"] for t in results["targets"]]
+    assert ids[0] == "P1" and ids[-3:] == ["P2", "P3", "P4"]
+    trace = results["throughput"]["trace_once_mnist"]
+    assert trace["traces_fresh"] == trace["batches"] and trace["traces_once"] == 1
+    assert "## Trace once" in report
     assert (tmp_path / "solvers.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
@@ -69,33 +75,32 @@ def test_bad_options_exit_2(capsys: pytest.CaptureFixture[str]) -> None:
     assert solvers.main(["--sizes", "30", "--out", "/nonexistent/x"]) == 2
 
 
-def test_settled_lanczos_without_settling_is_the_core_iteration() -> None:
-    net = _tiny_net()
-    X = torch.rand(2, 1, 8, 8, dtype=torch.float64)
-    cfg = rprselect.SolverConfig(block_size=2, seed=3)
-    core = lanczos_svd(rprselect.linearize_batch(net.double(), X), 3, 1e-8, cfg)
-    ours = throughput.settled_lanczos(
-        rprselect.linearize_batch(net, X), X, k=3, tol=1e-8, settle=0.0, patience=10**9, config=cfg
-    )
-    assert ours.reason == "tol"
-    assert ours.result.n_products == core.n_products
-    torch.testing.assert_close(ours.result.S, core.S)
-    torch.testing.assert_close(ours.rpr, rprselect.rpr(core, X)[:, -1])
-
-
-def test_settled_lanczos_stops_early_near_the_converged_rpr() -> None:
+def test_rank_scores_match_the_converged_ranking_within_delta() -> None:
     torch.manual_seed(1)
     net = PocketUNet(2, 2, dims=2, depth=2, filters=4).double().eval()
-    X = torch.rand(2, 2, 8, 8, dtype=torch.float64)
-    exact = rprselect.svd_batch(net, X, k=3, tol=1e-10, solver="dense")
-    cheap = throughput.settled_lanczos(
-        rprselect.linearize_batch(net, X), X, k=3, tol=1e-12, settle=1e-2
+    X = torch.rand(4, 2, 8, 8, dtype=torch.float64)
+    exact = rprselect.rpr(rprselect.svd_batch(net, X, k=3, tol=1e-10, solver="dense"), X)[:, -1]
+    rank, half, reasons, products = throughput.rank_scores(
+        net, X, k=3, delta=1e-2, tol=1e-12, batch_size=2
     )
-    assert cheap.reason == "settled"
-    assert cheap.result.n_products < 2 * 128  # a full Krylov basis would take 2 n products
-    want = rprselect.rpr(exact, X)[:, -1]
-    # a heuristic: settled within 1% per step, it lands within 10% of the converged ratio
-    assert torch.allclose(cheap.rpr, want, rtol=0.1), (cheap.rpr, want)
+    assert reasons == ["callback", "callback"]
+    assert products < 2 * 128  # a full Krylov basis would take 2 n products
+    assert np.all(np.abs(rank - exact.numpy()) <= half + 1e-12) and np.all(half <= 1e-2)
+
+
+def test_score_pool_traces_once_with_a_graph() -> None:
+    net = _tiny_net()
+    X = torch.rand(6, 1, 8, 8)
+    cfg = rprselect.SolverConfig()
+    fresh, _, traces, _ = throughput.score_pool(net, X, 3, 1e-6, 2, cfg, None)
+    graph = prepare_graph(net)
+    once, _, traces_once, products = throughput.score_pool(net, X, 3, 1e-6, 2, cfg, graph)
+    assert (traces, traces_once) == (3, 0)  # one per batch, then none
+    np.testing.assert_allclose(once, fresh, rtol=1e-6)
+    assert products > 0
+    out = throughput.trace_once(net, X, 3, 1e-6, 2, cfg, repeats=1)
+    assert (out["traces_fresh"], out["traces_once"], out["batches"]) == (3, 1, 3)
+    assert out["same_rpr"] and out["ratio"] > 0
 
 
 @pytest.mark.skipif(not _has_slepc(), reason="slepc4py is not installed (rprselect[slepc])")
@@ -149,24 +154,34 @@ def _row(case: str, config: str, seconds: float, **kw: object) -> dict[str, obje
 def test_targets_are_judged_from_the_ratios() -> None:
     rows = [
         _row("unet64", "reference", 100.0, n_samples=1),
+        _row("unet64", "slepc-cross", 20.0, d_rpr=1e-9, speedup=5.0, products=240),
         _row("unet64", "lanczos-b1", 10.0, d_rpr=1e-5, speedup=10.0, peak_bytes=50,
-             forward_peak_bytes=20),
+             forward_peak_bytes=20, products=226),
         _row("unet64", "lanczos-b4", 5.0, d_rpr=1e-2, speedup=20.0, peak_bytes=90,
              forward_peak_bytes=20),  # faster but off in RPR: not eligible for P1
+        _row("unet64-trained", "reference", 50.0, n_samples=1),
+        _row("unet64-trained", "lanczos-b1", 25.0, d_rpr=1e-5, speedup=2.0, products=100),
         _row("mnist", "reference", 20.0, n_samples=200),
     ]  # fmt: skip
     results = {
         "rows": rows,
         "p2": {"images": 10_000, "scoring_seconds": 2.0, "epoch_seconds": 1.0},
         "throughput": {
-            "volumes": {"spearman_cheap_vs_tol": 0.995, "cheap_seconds": 30.0, "mc_seconds": 10.0}
+            "volumes": {"spearman_rank_vs_tol": 0.995, "same_top10": True, "rank_products": 30,
+                        "rpr_products": 100, "rank_seconds": 30.0, "mc_seconds": 10.0}
         },
-    }
+    }  # fmt: skip
     args = SimpleNamespace(pool_size=64, mc_passes=20)
-    got = {t["id"]: t for t in solvers.targets(results, args)}
-    assert got["P1"]["ok"] is True and "10.00x (lanczos-b1" in got["P1"]["measured"]
-    assert "fastest lanczos-b4 20.00x but abs ΔRPR 1.0e-02" in got["P1"]["measured"]
-    assert got["P2"]["ratio_reference"] == pytest.approx(20.0 / 200 * 10_000 / 2.0)
-    assert got["P2"]["ok"] is True  # 500x and 2x one epoch
-    assert got["P3"]["ok"] is False and got["P3"]["ratio_mc"] == pytest.approx(3.0)
-    assert got["P4"]["ok"] is True and got["P4"]["ratio"] == pytest.approx(2.5)
+    got = solvers.targets(results, args)
+    p1 = [t for t in got if t["id"] == "P1"]
+    assert [t["ok"] for t in p1] == [True, False]  # random 10x, trained 2x
+    assert "10.00x (lanczos-b1" in p1[0]["measured"]
+    assert "fastest lanczos-b4 20.00x but abs ΔRPR 1.0e-02" in p1[0]["measured"]
+    lz = next(t for t in got if t["id"] == "P1-L")
+    assert lz["ok"] is True and lz["ratio"] == pytest.approx(0.5)
+    by = {t["id"]: t for t in got}
+    assert by["P2"]["ratio_reference"] == pytest.approx(20.0 / 200 * 10_000 / 2.0)
+    assert by["P2"]["ok"] is True  # 2x one epoch
+    assert by["P3"]["ok"] is True and by["P3"]["ratio_mc"] == pytest.approx(3.0)
+    assert by["P3"]["ratio_products"] == pytest.approx(0.3)
+    assert by["P4"]["ok"] is True and by["P4"]["ratio"] == pytest.approx(2.5)

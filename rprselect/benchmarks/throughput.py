@@ -3,13 +3,15 @@
 Three ways to rank a pool, each timed on the same model and samples:
 
 * :func:`rprselect.scoring.score` at the solver tolerance (``tol=1e-4``);
-* the cheap-tolerance mode :func:`settled_lanczos`: ``tol=1e-2`` plus early stopping once
-  RPR(x; k) has settled (target P3);
+* the ranking mode :func:`rank_scores`: Lanczos stopped by
+  :class:`~rprselect.solvers.ranking.RankStop` once every RPR(x; k) is certified to within
+  ``delta`` (target P3);
 * MC dropout with ``T`` stochastic forward passes and the predictive entropy, the acquisition
   MONAI Label users run today (:func:`mc_dropout_entropy`).
 
-It also times one training epoch of the MNIST CNN (target P2) and makes the synthetic 4-channel
-brain volumes of the 3-D cases.
+It also times one training epoch of the MNIST CNN (target P2), pool scoring with a fresh
+``torch.fx`` trace per batch against one graph traced once (:func:`trace_once`), and makes the
+synthetic 4-channel brain volumes of the 3-D cases.
 """
 
 from __future__ import annotations
@@ -17,77 +19,38 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 import torch.nn.functional as F
-from torch import Tensor, nn
+from torch import Tensor, fx, nn
 
-from rprselect.linearize import linearize_batch
-from rprselect.operator import LinearOperator
-from rprselect.solvers import SolverConfig, SVDResult
-from rprselect.solvers.lanczos import (
-    _apply,
-    _default_ncv,
-    _orthonormalize,
-    _residuals_from_products,
-    _ritz,
+import rprselect
+from rprselect.benchmarks.bench_data import (
+    brain_volumes,
+    mnist_images,
+    unet_and_volumes,
 )
+from rprselect.linearize import linearize_batch, prepare_graph
+from rprselect.solvers import SolverConfig
+from rprselect.solvers.lanczos import lanczos_svd
+from rprselect.solvers.ranking import RankStop
 
 __all__ = [
-    "SettledResult",
     "brain_volumes",
     "mnist_images",
     "p2_scoring",
     "pool_throughput",
     "mc_dropout",
     "mc_dropout_entropy",
-    "settled_lanczos",
-    "settled_scores",
+    "rank_scores",
+    "score_pool",
     "spearman",
+    "trace_once",
     "train_epoch",
 ]
-
-
-# -- data ---------------------------------------------------------------------------------------
-def brain_volumes(n: int, size: int, channels: int = 4, seed: int = 0) -> Tensor:
-    """``(n, channels, size, size, size)`` synthetic skull-stripped brain MRIs, float32.
-
-    Each volume is a phantom of :mod:`rprselect.data.synthetic` (an ellipsoid brain with one or
-    two tumour blobs, background exactly 0), one modality per channel, scaled to unit standard
-    deviation over the brain.
-    """
-    from rprselect.data.synthetic import _CONTRAST, _phantom
-
-    mods = list(_CONTRAST)[:channels]
-    if len(mods) < channels:
-        raise ValueError(f"channels must be at most {len(_CONTRAST)}, got {channels}")
-    rng = np.random.default_rng(seed)
-    out = np.zeros((n, channels, size, size, size), dtype=np.float32)
-    for i in range(n):
-        volumes, _ = _phantom((size, size, size), mods, rng)
-        for c, mod in enumerate(mods):
-            v = volumes[mod]
-            out[i, c] = v / max(float(v[v > 0].std()), 1e-6)
-    return torch.from_numpy(out)
-
-
-def mnist_images(
-    n: int, data_dir: str | None, seed: int, split: str = "train"
-) -> tuple[Tensor, Tensor, str]:
-    """The first ``n`` MNIST images and labels of ``split``, or random ones without the data."""
-    from rprselect.data import load_mnist
-
-    try:
-        data = load_mnist(data_dir, split=split, download=False)
-        return data.images[:n].clone(), data.labels[:n].clone(), f"MNIST {split}[:{n}]"
-    except FileNotFoundError:
-        g = torch.Generator().manual_seed(seed)
-        x = torch.rand(n, 1, 28, 28, generator=g)
-        return x, torch.randint(0, 10, (n,), generator=g), "random images (MNIST not found)"
 
 
 # -- MC dropout ---------------------------------------------------------------------------------
@@ -182,154 +145,128 @@ def train_epoch(
     return seconds
 
 
-# -- the cheap-tolerance mode (target P3) -------------------------------------------------------
-@dataclass
-class SettledResult:
-    """A truncated SVD stopped early, with why it stopped.
-
-    Attributes:
-        result: the Ritz triplets when it stopped (residuals may exceed ``tol``).
-        rpr: ``(B,)`` RPR(x; k) at the stop.
-        reason: ``"tol"`` (all residuals within tol), ``"settled"`` (RPR stopped moving) or
-            ``"max_iter"``.
-        steps: Lanczos steps taken.
-    """
-
-    result: SVDResult
-    rpr: Tensor
-    reason: str
-    steps: int
-
-
-def settled_lanczos(
-    op: LinearOperator,
-    X: Tensor,
-    k: int = 10,
-    tol: float = 1e-2,
-    settle: float = 1e-2,
-    patience: int = 2,
-    config: SolverConfig | None = None,
-) -> SettledResult:
-    """Block Lanczos (the core's thick-restart iteration) that also stops once RPR settles.
-
-    After every step with k Ritz values, :math:`r_t = \\mathrm{RPR}(x; k)` is evaluated from the
-    Ritz vectors (no products). The solve stops when every residual is within ``tol``, or when
-    for ``patience`` consecutive steps every sample satisfies
-    :math:`|r_t - r_{t-1}| \\le \\texttt{settle} \\cdot r_t`. A ranking needs the ratio, not
-    the vectors, to settle.
-
-    The loop mirrors :func:`rprselect.solvers.lanczos.lanczos_svd` step for step and reuses
-    its helpers; only the stopping test is new (see the report of issue 6 for the
-    ``stop=`` callback that would let the core do this).
-
-    Args:
-        op: a batched operator from :func:`~rprselect.linearize_batch`.
-        X: the samples ``(B, *in_shape)`` the operator was built at.
-        k: triplets. tol: residual tolerance. settle: relative RPR change counted as settled.
-        patience: consecutive settled steps needed.
-        config: block size, ncv, max_iter and seed as in :class:`~rprselect.SolverConfig`.
-    """
-    config = config or SolverConfig()
-    m, n = op.shape
-    B, b = op.n_samples, config.block_size
-    ncv = max(config.ncv or _default_ncv(k, b, m, n), k + b)
-    dt, dev = op.dtype, op.device
-    gen = torch.Generator().manual_seed(config.seed)
-    before_p, before_n = op.n_products, op.n_passes
-    x = X.reshape(B, n, 1).to(dev, dt)
-    xnorm2 = x.double().pow(2).sum((1, 2))
-    V = torch.zeros(B, n, 0, dtype=dt, device=dev)
-    AV = torch.zeros(B, m, 0, dtype=dt, device=dev)
-    U = torch.zeros(B, m, 0, dtype=dt, device=dev)
-    Z = torch.zeros(B, n, 0, dtype=dt, device=dev)
-    E = torch.zeros(B, 0, 0, dtype=dt, device=dev)
-    P, _ = _orthonormalize(torch.randn(B, n, b, generator=gen, dtype=dt).to(dev), V, b, gen)
-    prev, calm, reason, steps = None, 0, "max_iter", 0
-    for steps in range(1, config.max_iter + 1):  # noqa: B007 - reported after the loop
-        W = _apply(op, P, forward=True)
-        V, AV = torch.cat([V, P], -1), torch.cat([AV, W], -1)
-        bu, Zq = min(b, m - U.shape[-1]), None
-        if bu > 0:
-            Q, _ = _orthonormalize(W, U, bu, gen)
-            Zq = _apply(op, Q, forward=False)
-            U, Z = torch.cat([U, Q], -1), torch.cat([Z, Zq], -1)
-        Xr, S, Y = _ritz(U, AV)
-        bv = min(b, n - V.shape[-1])
-        E = torch.zeros(B, max(bv, 0), U.shape[-1], dtype=dt, device=dev)
-        if bv > 0:
-            src = Zq if Zq is not None else torch.randn(B, n, b, generator=gen, dtype=dt).to(dev)
-            P, C = _orthonormalize(src, V, bv, gen)
-            if Zq is not None:
-                E[..., U.shape[-1] - Zq.shape[-1] :] = C
-        kk = min(k, S.shape[-1])
-        est = (E.double() @ Xr[..., :kk]).norm(dim=1) / S[..., :kk].clamp_min(1e-300)
-        if bv == 0 or (kk == k and bool((est <= tol).all())):
-            reason = "tol"
-            break
-        if kk == k:
-            cur = _ritz_rpr(V, Y[..., :k], x, xnorm2)
-            calm = calm + 1 if prev is not None and bool(_still(cur, prev, settle)) else 0
-            prev = cur
-            if calm >= patience:
-                reason = "settled"
-                break
-        if V.shape[-1] + bv > ncv:  # thick restart, exactly as the core does
-            keep = min(max(k, min(ncv - b, (ncv + k) // 2), 1), S.shape[-1])
-            Xl, Yl = Xr[..., :keep].to(dt), Y[..., :keep].to(dt)
-            V, AV, U, Z, E = V @ Yl, AV @ Yl, U @ Xl, Z @ Xl, E @ Xl
-    Xr, S, Y = _ritz(U, AV)
-    kk = min(k, S.shape[-1])
-    Uk, Vk = (U @ Xr[..., :kk].to(dt)).mT, (V @ Y[..., :kk].to(dt)).mT
-    AVk, Zk = (AV @ Y[..., :kk].to(dt)).mT, (Z @ Xr[..., :kk].to(dt)).mT
-    residuals = _residuals_from_products(AVk, Zk, Uk, Vk, S[..., :kk])
-    result = SVDResult(
-        U=Uk.reshape(B, kk, *op.out_shape),
-        S=S[..., :kk],
-        V=Vk.reshape(B, kk, *op.in_shape),
-        residuals=residuals,
-        converged=residuals <= tol,
-        n_products=(op.n_products - before_p) // B,
-        n_passes=op.n_passes - before_n,
-        solver=f"lanczos-settled(b={b})",
-        tol=tol,
-    )
-    return SettledResult(result, _ritz_rpr(V, Y[..., :kk], x, xnorm2), reason, steps)
-
-
-def _ritz_rpr(V: Tensor, Yk: Tensor, x: Tensor, xnorm2: Tensor) -> Tensor:
-    """RPR(x; k) of the Ritz vectors ``V Yk``, from the basis coefficients (no products)."""
-    c = Yk.mT @ (V.mT @ x).double()
-    return c.pow(2).sum((1, 2)) / xnorm2
-
-
-def _still(cur: Tensor, prev: Tensor, settle: float) -> Tensor:
-    return ((cur - prev).abs() <= settle * cur.abs()).all()
-
-
-def settled_scores(
+# -- the ranking mode (target P3) and trace-once -------------------------------------------------
+def rank_scores(
     model: nn.Module,
     X: Tensor,
     k: int = 10,
-    tol: float = 1e-2,
-    settle: float = 1e-2,
+    delta: float = 1e-2,
+    tol: float = 1e-4,
     batch_size: int = 4,
     config: SolverConfig | None = None,
-) -> tuple[np.ndarray, list[str], int]:
-    """RPR(x; k) of a pool by :func:`settled_lanczos`, ``batch_size`` samples per operator.
+    graph: fx.GraphModule | None = None,
+) -> tuple[np.ndarray, np.ndarray, list[str], int]:
+    """RPR(x; k) of a pool in ranking mode: Lanczos stopped by :class:`RankStop` (``delta``).
+
+    Args:
+        model: the network. X: the pool. k: rank. delta: certified accuracy of RPR(x; k).
+        tol: residual tolerance (the solve also stops there). batch_size: samples per operator.
+        config: solver knobs. graph: the model traced once (:func:`prepare_graph`).
 
     Returns:
-        ``(rpr (N,), stop reasons per batch, products per sample summed over batches)``.
+        ``(rpr (N,), certified half-widths (N,), stop reasons per batch, products per sample
+        averaged over the pool)``.
     """
-    rprs, reasons, products = [], [], 0
+    config = config or SolverConfig()
+    rprs, halves, reasons, products = [], [], [], 0
     for i in range(0, X.shape[0], batch_size):
         xb = X[i : i + batch_size]
         with torch.no_grad():
-            op = linearize_batch(model, xb)
-            out = settled_lanczos(op, xb, k=k, tol=tol, settle=settle, config=config)
-        rprs.append(out.rpr.cpu().numpy())
-        reasons.append(out.reason)
-        products += out.result.n_products * xb.shape[0]
-    return np.concatenate(rprs), reasons, products // X.shape[0]
+            op = linearize_batch(model, xb, graph=graph)
+            rule = RankStop(xb, delta)
+            res = lanczos_svd(op, k, tol, config, stop=rule)
+        rpr = rprselect.rpr(res, xb)[:, -1].cpu().numpy()
+        half = (rule.upper - rule.lower).cpu().numpy() / 2  # the last step the rule saw
+        rprs.append(rpr)
+        halves.append(half)
+        reasons.append(res.stop_reason)
+        products += res.n_products * xb.shape[0]
+    return np.concatenate(rprs), np.concatenate(halves), reasons, products // X.shape[0]
+
+
+_TRACES = [0]
+
+
+def _count_traces() -> Callable[[], int]:
+    """Count ``torch.fx`` traces from now on, by :class:`~rprselect.adjoint.AdjointOperator` and
+    :func:`~rprselect.linearize.prepare_graph` (a wrapper around the name each module calls;
+    measurement only)."""
+    import sys
+
+    # sys.modules: ``rprselect.linearize`` as an attribute is the function of that name
+    for module in (sys.modules["rprselect.adjoint"], sys.modules["rprselect.linearize"]):
+        if not getattr(module.trace, "counted", False):  # type: ignore[attr-defined]
+            inner = module.trace  # type: ignore[attr-defined]
+
+            def counted(model: nn.Module, _inner: Any = inner) -> fx.GraphModule:
+                _TRACES[0] += 1
+                return _inner(model)
+
+            counted.counted = True  # type: ignore[attr-defined]
+            module.trace = counted  # type: ignore[assignment,attr-defined]
+    start = _TRACES[0]
+    return lambda: _TRACES[0] - start
+
+
+def score_pool(
+    model: nn.Module,
+    X: Tensor,
+    k: int,
+    tol: float,
+    batch_size: int,
+    config: SolverConfig,
+    graph: fx.GraphModule | None,
+) -> tuple[np.ndarray, float, int, float]:
+    """RPR(x; k) of a pool batch by batch as the scoring engine does: ``linearize_batch`` with
+    ``graph`` (``None``: a fresh trace per batch), then ``svd_batch(solver="auto")``.
+
+    Returns:
+        ``(rpr (N,), seconds, traces made, products per sample)``.
+    """
+    traces = _count_traces()
+    t0 = time.perf_counter()
+    out, products = [], 0
+    for i in range(0, X.shape[0], batch_size):
+        xb = X[i : i + batch_size]
+        with torch.no_grad():
+            op = linearize_batch(model, xb, graph=graph)
+            res = rprselect.svd_batch(op, k=k, tol=tol, config=config)
+        out.append(rprselect.rpr(res, xb)[:, -1].cpu().numpy())
+        products += res.n_products * xb.shape[0]
+    seconds = time.perf_counter() - t0
+    return np.concatenate(out), seconds, traces(), products / X.shape[0]
+
+
+def trace_once(
+    model: nn.Module, X: Tensor, k: int, tol: float, batch_size: int, config: SolverConfig,
+    repeats: int = 3,
+) -> dict[str, Any]:  # fmt: skip
+    """Pool scoring with a fresh trace per batch against one :func:`prepare_graph` reused.
+
+    Both variants run ``repeats`` times, interleaved (so that a shared machine's load hits
+    both alike); the fastest of each is kept. Traces are counted, not assumed.
+    """
+    fresh, once, traces = [], [], {}
+    for _ in range(repeats):
+        r0, t, traces["fresh"], _ = score_pool(model, X, k, tol, batch_size, config, None)
+        fresh.append(t)
+        count = _count_traces()
+        t0 = time.perf_counter()
+        graph = prepare_graph(model)  # charged to the traced-once variant
+        t_trace = time.perf_counter() - t0
+        r1, t, _, _ = score_pool(model, X, k, tol, batch_size, config, graph)
+        traces["once"] = count()
+        once.append(t + t_trace)
+    return {
+        "n": int(X.shape[0]),
+        "batches": -(-X.shape[0] // batch_size),
+        "fresh_seconds": min(fresh),
+        "once_seconds": min(once),
+        "ratio": min(fresh) / max(min(once), 1e-12),
+        "traces_fresh": traces["fresh"],
+        "traces_once": traces["once"],
+        "same_rpr": bool(np.allclose(r0, r1, rtol=1e-6, atol=1e-9)),
+    }
 
 
 def spearman(a: np.ndarray, b: np.ndarray) -> float:
@@ -380,9 +317,9 @@ def _timed(fn: Callable[[], Any]) -> tuple[Any, float]:
 
 
 def pool_throughput(args: Any, weights: str) -> dict[str, Any]:
-    """Samples/s of RPR scoring, the cheap mode and MC dropout on an MNIST and a 3-D pool."""
-    from rprselect.models import MNISTNet, PocketUNet
-    from rprselect.scoring import score
+    """Samples/s of RPR scoring, the ranking mode and MC dropout on an MNIST and a 3-D pool,
+    and the trace-once saving on both."""
+    from rprselect.models import MNISTNet
 
     out: dict[str, Any] = {}
     X, _, source = mnist_images(args.throughput_mnist, args.data_dir, args.seed, split="test")
@@ -390,50 +327,64 @@ def pool_throughput(args: Any, weights: str) -> dict[str, Any]:
     if Path(weights).exists():
         mnist.load_state_dict(torch.load(weights, map_location="cpu", weights_only=True))
     mnist.eval()
+    cfg = SolverConfig(block_size=args.pool_block, seed=args.seed)
     print(f"[bench solvers] throughput: {source} ...", flush=True)
-    table, t_rpr = _timed(lambda: score(mnist, X, k=args.k, tol=args.tol, progress=False))
+    graph = prepare_graph(mnist)
+    rpr, t_rpr, _, mnist_products = score_pool(
+        mnist, X, args.k, args.tol, args.mnist_batch, cfg, graph
+    )
     ent, t_mc = _timed(lambda: mc_dropout_entropy(mnist, X, T=args.mc_passes))
     out["mnist"] = {
         "pool": f"{len(X)} x MNIST ({source})",
         "n": len(X),
         "rpr_seconds": t_rpr,
         "mc_seconds": t_mc,
-        "rpr_products": float(table.n_products.mean()),
-        "spearman_mc_vs_rpr": spearman(ent.numpy(), -table.rpr),
+        "rpr_products": mnist_products,
+        "spearman_mc_vs_rpr": spearman(ent.numpy(), -rpr),
     }
-    torch.manual_seed(args.seed)
-    unet = PocketUNet(4, 2, dims=3, depth=args.depth, filters=args.filters).eval()
-    V = brain_volumes(args.pool_volumes, args.pool_size, seed=args.seed)
-    cfg = SolverConfig(block_size=args.pool_block, seed=args.seed)
+    print("[bench solvers] trace once vs a trace per batch (MNIST) ...", flush=True)
+    out["trace_once_mnist"] = trace_once(mnist, X, args.k, args.tol, args.mnist_batch, cfg)
+    out["trace_once_mnist"]["pool"] = out["mnist"]["pool"]
+    weights_3d = getattr(args, "weights", None)
+    unet, V = unet_and_volumes(
+        args.pool_volumes, args.pool_edge, args.depth, args.filters, weights_3d, args.seed
+    )
+    trained = f"trained ({Path(weights_3d).name})" if weights_3d else "random weights"
     bs = min(len(V), args.pool_batch)
-    print(f"[bench solvers] throughput: {len(V)} volumes of {args.pool_size}^3 ...", flush=True)
-    full, t_full = _timed(
-        lambda: score(
-            unet, V, args.k, args.tol, "lanczos", config=cfg, batch_size=bs, progress=False
-        )
-    )
+    graph = prepare_graph(unet)
+    print(f"[bench solvers] throughput: {len(V)} volumes of {args.pool_edge}^3 ...", flush=True)
+    lz = cfg
+    full, t_full, _, products_full = score_pool(unet, V, args.k, args.tol, bs, lz, graph)
     print(f"    tol {args.tol}: {t_full:.1f} s", flush=True)
-    (cheap, reasons, cheap_products), t_cheap = _timed(
-        lambda: settled_scores(unet, V, args.k, args.cheap_tol, args.settle, bs, cfg)
+    (rank, half, reasons, rank_products), t_rank = _timed(
+        lambda: rank_scores(unet, V, args.k, args.rank_delta, args.tol, bs, lz, graph)
     )
-    print(f"    cheap: {t_cheap:.1f} s ({reasons})", flush=True)
+    print(f"    ranking mode: {t_rank:.1f} s ({reasons})", flush=True)
     ent3, t_mc3 = _timed(lambda: mc_dropout_entropy(unet, V, T=args.mc_passes, batch_size=bs))
     print(f"    MC dropout T={args.mc_passes}: {t_mc3:.1f} s", flush=True)
+    n_top = max(1, len(V) // 10)
+    top_full, top_rank = set(np.argsort(full)[:n_top]), set(np.argsort(rank)[:n_top])
     out["volumes"] = {
-        "pool": f"{len(V)} x 4x{args.pool_size}^3 synthetic brains",
+        "pool": f"{len(V)} x {V.shape[1]}x{args.pool_edge}^3, {trained}",
         "n": len(V),
         "batch_size": bs,
         "rpr_seconds": t_full,
-        "rpr_products": float(full.n_products.mean()),
-        "rpr_max_residual": float(full.max_residual.max()),
-        "cheap_seconds": t_cheap,
-        "cheap_products": cheap_products,
-        "cheap_stop": reasons,
+        "rpr_products": products_full,
+        "rank_seconds": t_rank,
+        "rank_products": rank_products,
+        "rank_stop": reasons,
+        "rank_delta": args.rank_delta,
+        "rank_max_half_width": float(half.max()),
         "mc_seconds": t_mc3,
-        "rpr": full.rpr.tolist(),
-        "cheap_rpr": cheap.tolist(),
-        "spearman_cheap_vs_tol": spearman(cheap, full.rpr),
-        "max_rel_rpr_cheap": float((np.abs(cheap - full.rpr) / np.abs(full.rpr)).max()),
-        "spearman_mc_vs_rpr": spearman(ent3.numpy(), -full.rpr),
+        "rpr": full.tolist(),
+        "rank_rpr": rank.tolist(),
+        "spearman_rank_vs_tol": spearman(rank, full),
+        "same_top10": top_full == top_rank,
+        "max_abs_rpr_rank": float(np.abs(rank - full).max()),
+        "spearman_mc_vs_rpr": spearman(ent3.numpy(), -full),
     }
+    sub = V[: min(len(V), args.trace_volumes)]
+    print(f"[bench solvers] trace once vs a trace per batch ({len(sub)} volumes) ...", flush=True)
+    out["trace_once_volumes"] = trace_once(unet, sub, args.k, args.tol, bs, lz, repeats=1)
+    out["trace_once_volumes"]["pool"] = f"{len(sub)} x {args.pool_edge}^3 volumes, {trained}"
     return out
