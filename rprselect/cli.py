@@ -198,7 +198,12 @@ def build_parser(argv: Sequence[str] = ()) -> argparse.ArgumentParser:
     sc.add_argument(
         "--out", required=True, help="CSV file to write (checked before scoring starts)"
     )
-    sc.add_argument("--k", type=int, default=10, help="singular triplets (default: 10)")
+    sc.add_argument(
+        "--k",
+        type=int,
+        default=None,
+        help="singular triplets (default: min(10, min(m, n)) of A[x] for the model)",
+    )
     sc.add_argument("--tol", type=float, default=1e-4, help="solver tolerance (default: 1e-4)")
     sc.add_argument(
         "--solver",

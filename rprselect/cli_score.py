@@ -122,12 +122,15 @@ def rprselect_warnings(caught: Sequence[warnings.WarningMessage]) -> list[str]:
     return [text if n == 1 else f"{text} [{n} times]" for text, n in seen.values()]
 
 
-def _warn_dense(model: nn.Module, pool: Any, k: int, roi: tuple[int, ...] | None) -> str | None:
+def _warn_dense(
+    model: nn.Module, pool: Any, k: int | None, roi: tuple[int, ...] | None
+) -> str | None:
     """Why ``--solver dense`` is a poor choice for this pool, or ``None``.
 
     The dense solver builds each A[x] (m x n) column by column or row by row, min(m, n)
     products; ``auto`` picks it only when min(m, n) <= max(dense_max, 2k).
     """
+    from .settings import DEFAULT_K
     from .solvers import SolverConfig
 
     if roi is not None:
@@ -144,6 +147,7 @@ def _warn_dense(model: nn.Module, pool: Any, k: int, roi: tuple[int, ...] | None
     except Exception:  # the scoring itself reports a sample the model cannot take
         return None
     n, m = int(x.numel()), int(y[0].numel())
+    k = k if k is not None else min(DEFAULT_K, m, n)
     limit = max(SolverConfig().dense_max, 2 * k)
     if min(m, n) <= limit:
         return None

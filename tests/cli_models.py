@@ -39,6 +39,18 @@ def tiny_cnn() -> nn.Module:
     )
 
 
+def tiny_binary() -> nn.Module:
+    """A binary classifier of ``(1, 8, 8)`` images: A[x] is 2 x 64, so k is at most 2."""
+    torch.manual_seed(0)
+    return nn.Sequential(
+        nn.Conv2d(1, 4, 3, padding=1, bias=False),
+        nn.ReLU(),
+        SumPool(2),
+        nn.Flatten(),
+        nn.Linear(64, 2, bias=False),
+    )
+
+
 def tiny_cnn_rgb() -> nn.Module:
     """Classifier of ``(3, 8, 8)`` images into 5 classes."""
     torch.manual_seed(0)

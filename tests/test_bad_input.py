@@ -99,6 +99,42 @@ def _only_rprselect_warnings(tmp: Path, err: str) -> None:
     assert all(ln.startswith("rprselect: warning: ") for ln in lines), err
 
 
+def _changed_file_is_rescored(tmp: Path, err: str) -> None:
+    """Same file names, other pixels: the second run must not serve the first run's rows."""
+    first = ScoreTable.from_csv(tmp / "s.csv")
+    np.save(tmp / "pool" / "a1.npy", np.load(tmp / "pool" / "a1.npy")[..., ::-1].copy())
+    argv = [a.format(tmp=tmp) for a in _score_argv("--cache", "{tmp}/c.jsonl", "--no-weights")]
+    assert main(argv) == 0
+    again = ScoreTable.from_csv(tmp / "s.csv")
+    fresh_argv = [a.format(tmp=tmp) for a in _score_argv("--no-weights")]
+    fresh_argv[fresh_argv.index("--out") + 1] = str(tmp / "fresh.csv")
+    assert main(fresh_argv) == 0
+    fresh = ScoreTable.from_csv(tmp / "fresh.csv")
+    row = {i: n for n, i in enumerate(again.ids)}
+    old = {i: n for n, i in enumerate(first.ids)}
+    new = {i: n for n, i in enumerate(fresh.ids)}
+    assert again.rpr[row["a1.npy"]] != first.rpr[old["a1.npy"]]
+    assert again.rpr[row["a1.npy"]] == fresh.rpr[new["a1.npy"]]
+    assert again.rpr[row["a0.npy"]] == first.rpr[old["a0.npy"]]
+
+
+def _odd_shape_alone(tmp: Path, err: str) -> None:
+    assert sorted(ScoreTable.from_csv(tmp / "s.csv").ids) == ["a0.npy", "a1.npy", "a2.npy"]
+
+
+def _timing_columns_per_batch(tmp: Path, err: str) -> None:
+    head = (tmp / "s.csv").read_text().splitlines()[0].split(",")
+    assert "seconds" not in head and {"batch_seconds", "batch_size", "n_products"} <= set(head)
+
+
+def _score_binary(k: int) -> Any:
+    from cli_models import tiny_binary
+
+    from rprselect.scoring import score
+
+    return score(tiny_binary(), _pool_of((3, 1, 8, 8)), k=k, progress=False)
+
+
 def _pool_of(shape: tuple[int, ...]) -> torch.Tensor:
     return torch.rand(*shape, generator=torch.Generator().manual_seed(0)) + 0.05
 
@@ -161,7 +197,10 @@ LOADER = (
 )
 
 TABLE: list[Case] = [
-    # -- item 1 (content-keyed cache): rows by the lead ----------------------------------------
+    # -- item 1: a cache is keyed by content, not by file name ---------------------------------
+    Case("1-same-names-other-pixels", _score_argv("--cache", "{tmp}/c.jsonl", "--no-weights"), 0,
+         r"scored 3 samples \(k=2, 0 not converged, 0 failed\); wrote \S+/s\.csv",
+         stream="out", check=_changed_file_is_rescored),
     # -- item 2: a failed sample is not a success -------------------------------------------
     Case("2-failed-sample-exits-1", _score_argv(pool="{tmp}/bad_pool"), 1,
          r"rprselect: error: 1 of 4 samples failed \(more than --max-failures 0\); the scores "
@@ -174,7 +213,12 @@ TABLE: list[Case] = [
     Case("2-max-failures-negative", _score_argv("--max-failures", "-1"), 2,
          r"rprselect score: error: argument --max-failures: must be an integer >= 0, got '-1'",
          scores=False),
-    # -- item 2 (group samples by shape): rows by the lead -------------------------------------
+    # -- item 2: samples are grouped by shape; an odd file fails alone ---------------------------
+    Case("2-odd-shape-first-fails-alone",
+         _score_argv("--allow-failures", "--no-weights", pool="{tmp}/odd_pool"), 0,
+         r"rprselect: warning: 1 of 4 samples could not be scored, listed in \S+/s\.failures\.csv: "
+         r"a_odd\.npy: x of shape \(1, 7, 7\) was rejected by the model: .*",
+         check=_odd_shape_alone),
     # -- item 3: outputs are checked before the work -----------------------------------------
     Case("3-out-is-a-folder", _score_argv("--out", "{tmp}/folder"), 2,
          r"rprselect: error: --out \S+/folder is a folder; give a file name, e\.g\. "
@@ -229,9 +273,22 @@ TABLE: list[Case] = [
     Case("7-array-fits-no-reading-api",
          lambda tmp: load_pool(tmp / "stack5.npy", model=tiny_cnn())[0], PoolItemError,
          r"pool item 'stack5\.npy' \(index 0\): " + STACK5.split("stack5\\.npy: ", 1)[1]),
-    # -- item 8 (k adapts to the model): rows by the lead --------------------------------------
+    # -- item 8: defaults adapt to the model -------------------------------------------------------
+    Case("8-binary-classifier-default-k",
+         ["score", "--model", "cli_models:tiny_binary", "--pool", "{tmp}/pool", "--out",
+          "{tmp}/s.csv", "--no-progress", "--no-weights"], 0,
+         r"rprselect: warning: k was not given: using k=2, the largest possible for this model "
+         r"\(min\(m, n\) = 2 of A\[x\]; the default is 10\)"),
+    Case("8-explicit-k-too-large", _score_argv("--k", "9", "--no-weights"), 2,
+         r"rprselect: error: k must satisfy 0 < k <= min\(m, n\) = 5, got 9"),
+    Case("8-api-binary-classifier-k-too-large",
+         lambda tmp: _score_binary(k=3), ValueError,
+         r"k must satisfy 0 < k <= min\(m, n\) = 2, got 3"),
     # -- item 9: output that does not mislead -----------------------------------------------------
-    # (9a, per-sample seconds and products: rows by the lead)
+    # 9a: the timing columns say they are per batch
+    Case("9a-timing-columns-named-per-batch", _score_argv("--no-weights"), 0,
+         r"scored 3 samples \(k=2, 0 not converged, 0 failed\); wrote \S+/s\.csv",
+         stream="out", check=_timing_columns_per_batch),
     Case("9-only-rprselect-warnings-once",
          _score_argv("--batch-size", "1", "--no-weights", model="cli_models:noisy_cnn"), 0,
          r"rprselect: warning: falling back to method='autograd': layer 'net\.1 \(GELU\)' has "
@@ -263,6 +320,10 @@ def _inputs(tmp: Path) -> None:
         (tmp / folder).mkdir()
         for i in range(3):
             np.save(tmp / folder / f"a{i}.npy", X[i])
+    (tmp / "odd_pool").mkdir()
+    for i in range(3):
+        np.save(tmp / "odd_pool" / f"a{i}.npy", X[i])
+    np.save(tmp / "odd_pool" / "a_odd.npy", X[3][:, :7, :7])  # first by name, another shape
     nan = X[3].copy()
     nan[0, 2, 2] = np.nan
     np.save(tmp / "bad_pool" / "zz_nan.npy", nan)
