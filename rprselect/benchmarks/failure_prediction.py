@@ -292,16 +292,19 @@ def _run(args: argparse.Namespace, s: dict[str, Any], out: Path) -> int:
             units = segmentation_units(args, s, out, Path(tmp))
     seconds["data and models"] = time.perf_counter() - t0
     results: dict[str, Any] = {}
+    reused: list[str] = []
     for unit in units:
         path = units_dir / f"{unit.name}.npz"
         t1 = time.perf_counter()
         if path.is_file():
             print(f"[{unit.name}] reusing {path}", flush=True)
             results[unit.name] = _load(path)
+            reused.append(unit.name)
         else:
             results[unit.name] = evaluate_unit(unit, s, args.seed)
+            results[unit.name]["seconds"] = np.float64(time.perf_counter() - t1)
             _save(path, results[unit.name])
-        seconds[f"score {unit.name}"] = time.perf_counter() - t1
+        seconds[f"score {unit.name}"] = float(results[unit.name].get("seconds", np.nan))
         print(f"[{unit.name}] {len(unit.ids)} samples, {seconds[f'score {unit.name}']:.1f} s",
               flush=True)  # fmt: skip
     summary = rep.summarise(units, results, s, args.default_score, args.seed)
@@ -314,6 +317,7 @@ def _run(args: argparse.Namespace, s: dict[str, Any], out: Path) -> int:
         "summary": summary,
         "figures": figures,
         "seconds": seconds,
+        "reused_units": reused,
     }
     write_json(out / "results.json", payload)
     text = rep.markdown(payload)

@@ -273,12 +273,16 @@ def markdown(payload: dict[str, Any]) -> str:
         for level, d in summary.items():
             lines += _seg_md(level, d, s["k"])
     secs = ", ".join(f"{k} {v:.0f} s" for k, v in payload["seconds"].items())
-    lines.append(f"Time: {secs}.")
+    reused = payload.get("reused_units") or []
+    note = (
+        f" Scores of {', '.join(reused)} reused from an earlier run (its times)." if reused else ""
+    )
+    lines.append(f"Time: {secs}.{note}")
     return "\n\n".join(lines) + "\n"
 
 
 def _info(i: dict[str, Any]) -> str:
-    keys = ("n", "train_counts", "best_val_dice", "loaded", "n_train")
+    keys = ("n", "train_counts", "best_val_dice", "train_seconds", "loaded", "n_train")
     return ", ".join(
         f"{k}={i[k]:.3f}" if isinstance(i.get(k), float) else f"{k}={i[k]}" for k in keys if k in i
     )
@@ -395,7 +399,7 @@ def _scatter(
         rho, p = spearman(conf.tolist(), dice.tolist())
         ax.set(xlabel=label, title=f"ρ = {rho:.2f} (p = {p:.2g})")
         if name == "jacobian_frobenius":
-            ax.set_xscale("symlog")
+            ax.set_xscale("log")
     axes[0].set_ylabel(f"Dice ({level})")
     fig.tight_layout()
     fig.savefig(path)

@@ -123,16 +123,29 @@ def _fit_adam(model: nn.Module, x: Tensor, y: Tensor, epochs: int, seed: int) ->
 def _load_or_train(
     model: nn.Module, path: Path, weights: Path | None, train: Any
 ) -> tuple[nn.Module, dict[str, Any]]:
+    """Load ``weights`` (or the model this benchmark saved at ``path``), else train and save.
+
+    The training record (``train_seconds``, losses, ...) is kept beside the weights in
+    ``path.with_suffix(".json")``, so a resumed run still reports it.
+    """
+    import json
+    import time
+
+    record = path.with_suffix(".json")
     if weights is not None or path.is_file():
         src = weights if weights is not None else path
         state = torch.load(src, map_location="cpu", weights_only=True)
         if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
             state = state["state_dict"]
         model.load_state_dict(state)
-        return model.eval(), {"loaded": str(src)}
+        info = json.loads(record.read_text()) if weights is None and record.is_file() else {}
+        return model.eval(), {**info, "loaded": str(src)}
+    t0 = time.perf_counter()
     model, info = train(model)
+    info["train_seconds"] = round(time.perf_counter() - t0, 1)
     path.parent.mkdir(parents=True, exist_ok=True)
     torch.save(model.state_dict(), path)
+    record.write_text(json.dumps(info))
     return model.eval(), {**info, "saved": str(path)}
 
 
