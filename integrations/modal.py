@@ -104,7 +104,7 @@ def pool_tensor(module: nn.Module, X: Any, input_shape: tuple[int, ...] | None =
 
 
 def _score(
-    classifier: Any, X: Any, n_instances: int, k: int, kw: dict[str, Any]
+    classifier: Any, X: Any, n_instances: int, k: int | None, kw: dict[str, Any]
 ) -> tuple[Tensor, ScoreTable]:
     """The pool as a tensor and its scores, after checking ``n_instances`` against it."""
     module = find_module(classifier)
@@ -121,7 +121,7 @@ def _score(
 
 
 def rpr_sampling(
-    classifier: Any, X: Any, n_instances: int = 1, k: int = 10, **kw: Any
+    classifier: Any, X: Any, n_instances: int = 1, k: int | None = None, **kw: Any
 ) -> tuple[np.ndarray, np.ndarray]:
     """Query the ``n_instances`` samples of X with the lowest RPR (paper Eq. 10).
 
@@ -138,7 +138,8 @@ def rpr_sampling(
         X: the pool, a numpy array or tensor ``(N, C, *spatial)``, or flat ``(N, D)`` rows
             (see :func:`pool_tensor`).
         n_instances: how many to query, ``1 <= n_instances <= N``.
-        k: singular triplets per sample; at most the number of classes for a classifier.
+        k: singular triplets per sample; ``None`` takes ``min(10, number of classes)``
+            (2 for a binary classifier), see :class:`~rprselect.ScoreSettings`.
         **kw: ``input_shape`` (see :func:`pool_tensor`), ``rng`` (tie breaking, see
             :func:`~rprselect.select.select`), and any keyword of
             :func:`~rprselect.scoring.score` (``tol``, ``solver``, ``batch_size``,
@@ -163,7 +164,7 @@ def rpr_batch_sampling(
     classifier: Any,
     X: Any,
     n_instances: int = 20,
-    k: int = 10,
+    k: int | None = None,
     alpha: float | None = None,
     metric: Any = "euclidean",
     **kw: Any,
@@ -189,7 +190,8 @@ def rpr_batch_sampling(
         classifier: a modAL learner, a skorch net or an ``nn.Module``.
         X: the pool, as in :func:`rpr_sampling`.
         n_instances: how many to query (at most N).
-        k: singular triplets per sample.
+        k: singular triplets per sample; ``None`` adapts to the model as in
+            :func:`rpr_sampling`.
         alpha: weight of dissimilarity against uncertainty in ``[0, 1]``, or ``None``.
         metric: any ``sklearn.metrics.pairwise_distances`` metric.
         **kw: as in :func:`rpr_sampling` (except ``rng``).

@@ -186,3 +186,23 @@ def test_missing_scikit_learn_names_the_extra(module, monkeypatch):
     monkeypatch.setitem(sys.modules, "sklearn.metrics", None)
     with pytest.raises(ImportError, match=r"rprselect\[modal\]"):
         rpr_batch_sampling(module, np.ones((3, 1, 8, 8), np.float32), n_instances=1)
+
+
+def test_rpr_sampling_default_k_adapts_to_a_binary_classifier() -> None:
+    """k=None: a binary classifier is scored at k=2 instead of raising (issue 15, item 8)."""
+    import warnings
+
+    from cli_models import tiny_binary
+
+    from rprselect.integrations.modal import rpr_sampling
+    from rprselect.scoring import score
+
+    net = tiny_binary().double()
+    X = torch.rand(6, 1, 8, 8, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        idx, vals = rpr_sampling(net, X.numpy(), n_instances=2)
+        want = score(net, X, k=2, progress=False)
+    assert len(set(idx.tolist())) == 2 and set(idx.tolist()) <= set(range(6))
+    assert vals.shape == (2,) and np.all(np.isfinite(vals))
+    assert want.k == 2 and want.rpr_curve.shape == (6, 2)
