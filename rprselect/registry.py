@@ -21,7 +21,7 @@ import numpy as np
 from . import scores as S
 from .batches import _best_first, _rng, check_n, check_utility, power_batch, stratified_batch
 
-__all__ = ["Labelled", "Acquisition", "ACQUISITIONS", "acquire", "utility_of"]
+__all__ = ["Labelled", "Acquisition", "ACQUISITIONS", "Preset", "PRESETS", "acquire", "utility_of"]
 
 
 @dataclass(frozen=True)
@@ -164,6 +164,68 @@ ACQUISITIONS: dict[str, Acquisition] = {
 }
 
 
+@dataclass(frozen=True)
+class Preset:
+    """A named acquisition with its parameters and batch mode (the benchmark's names).
+
+    Attributes:
+        acquisition: a key of :data:`ACQUISITIONS`.
+        params: the score's parameters, as ``((name, value), ...)``.
+        batch: ``"top"``, ``"stratified"`` or ``"power"``.
+        transform: power sampling's ``"rank"`` or ``"min"``.
+    """
+
+    acquisition: str
+    params: tuple[tuple[str, Any], ...] = ()
+    batch: str = "top"
+    transform: str = "rank"
+
+
+def _kw(**kw: Any) -> tuple[tuple[str, Any], ...]:
+    return tuple(sorted(kw.items()))
+
+
+#: Named combinations, as the active-learning benchmark reports them; :func:`acquire` and
+#: :func:`rprselect.select` accept these names as well as those of :data:`ACQUISITIONS`.
+PRESETS: dict[str, Preset] = {
+    "least_confidence": Preset("max_softmax"),
+    "power_margin": Preset("margin", batch="power", transform="min"),
+    "power_margin_rank": Preset("margin", batch="power", transform="rank"),
+    "margin_strat": Preset("margin", batch="stratified"),
+    "ratio": Preset("output_input_ratio"),
+    "hutchinson": Preset("jacobian_frobenius", _kw(n_probes=8)),
+    **{f"lowest_r{r}": Preset("lowest", _kw(r=r)) for r in range(2, 7)},
+    **{f"lowest_r{r}_strat": Preset("lowest", _kw(r=r), "stratified") for r in (2, 3, 4)},
+    "rank_mean_r6": Preset("rank_mean", _kw(r_max=6)),
+    "class_cond": Preset("class_conditional"),
+    **{f"class_cond_r{r}": Preset("class_conditional", _kw(r=r)) for r in (2, 4)},
+    "class_cond_strat": Preset("class_conditional", batch="stratified"),
+    **{
+        f"margin_rpr_g{g}": Preset("margin_rpr", _kw(gamma=float(g.replace("p", "."))))
+        for g in ("0p5", "1", "2")
+    },
+    "margin_rpr_g1_r3": Preset("margin_rpr", _kw(gamma=1.0, r=3)),
+    "margin_rpr_strat": Preset("margin_rpr", _kw(gamma=1.0), "stratified"),
+    "margin_rpr_power": Preset("margin_rpr", _kw(gamma=1.0), "power", "min"),
+    "vim_r4": Preset("vim", _kw(r=4)),
+}
+
+
+def preset_of(name: str) -> Preset:
+    """The :class:`Preset` called ``name``: a preset, or an acquisition with a top-n batch.
+
+    Raises:
+        ValueError: an unknown name.
+    """
+    if name in PRESETS:
+        return PRESETS[name]
+    if name in ACQUISITIONS:
+        return Preset(name)
+    raise ValueError(
+        f"strategy must be one of {sorted(set(ACQUISITIONS) | set(PRESETS))}, got {name!r}"
+    )
+
+
 def _from_table(table: Any, logits: Any, x_norm: Any) -> tuple[Any, Any]:
     """Default ``logits`` and ``x_norm`` to the columns a ScoreTable may carry."""
     if logits is None and getattr(table, "logits", None) is not None:
@@ -224,15 +286,16 @@ def acquire(
     x_norm: Any = None,
     labelled: Labelled | None = None,
     rng: np.random.Generator | int | None = None,
-    batch: str = "top",
+    batch: str | None = None,
     T: float = 1.0,
-    transform: str = "rank",
+    transform: str | None = None,
     **params: Any,
 ) -> np.ndarray:
     """Positions (rows of ``table``/``logits``) of the ``n`` samples acquisition ``name`` picks.
 
     Args:
-        name: a key of :data:`ACQUISITIONS`.
+        name: a key of :data:`ACQUISITIONS` or of :data:`PRESETS` (which fixes the score's
+            parameters, batch and transform unless given here).
         table: a ScoreTable or ``(N, k)`` RPR curves (``None`` for scores without RPR).
         n: batch size, ``1 <= n <= N``.
         logits: ``(N, C)`` model outputs on the same rows (default: ``table.logits`` when the
@@ -240,8 +303,9 @@ def acquire(
         x_norm: ``(N,)`` input norms (default: ``table.input_norm`` when known).
         labelled: statistics of the labelled set (:class:`Labelled`).
         rng: Generator or seed for ties and stochastic batches (``None``: seed 0).
-        batch: ``"top"``, ``"stratified"`` (needs ``logits`` and ``labelled``) or ``"power"``.
-        T: power temperature; transform: power's ``"rank"`` or ``"min"``.
+        batch: ``"top"`` (default), ``"stratified"`` (needs ``logits``; without ``labelled`` every
+            class counts 0 labels, so the quotas are equal) or ``"power"``.
+        T: power temperature; transform: power's ``"rank"`` (default) or ``"min"``.
         **params: the score's own parameters (``r``, ``r_max``, ``gamma``, ``alpha``, ...).
 
     Returns:
@@ -252,6 +316,11 @@ def acquire(
         TypeError: a bad parameter or argument type.
     """
     gen = _rng(rng)
+    if isinstance(name, str) and name in PRESETS:
+        pre = PRESETS[name]
+        name, params = pre.acquisition, {**dict(pre.params), **params}
+        batch, transform = batch or pre.batch, transform or pre.transform
+    batch, transform = batch or "top", transform or "rank"
     logits, x_norm = _from_table(table, logits, x_norm)
     u = utility_of(
         name, table, logits=logits, x_norm=x_norm, labelled=labelled, rng=gen, params=params
@@ -262,8 +331,9 @@ def acquire(
     if batch == "power":
         return power_batch(u, n, T, gen, transform=transform)  # type: ignore[arg-type]
     if batch == "stratified":
-        if logits is None or labelled is None:
-            raise ValueError("batch='stratified' needs logits= and labelled=")
+        if logits is None:
+            raise ValueError("batch='stratified' needs logits= (the predicted classes)")
         z = S.check_logits(logits, len(u))
-        return stratified_batch(u, z.argmax(1), labelled.counts(z.shape[1]), n, gen)
+        counts = labelled.counts(z.shape[1]) if labelled is not None else np.zeros(z.shape[1])
+        return stratified_batch(u, z.argmax(1), counts, n, gen)
     raise ValueError(f"batch must be 'top', 'stratified' or 'power', got {batch!r}")

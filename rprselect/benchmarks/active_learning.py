@@ -48,7 +48,7 @@ _DEFAULTS: dict[str, dict[str, Any]] = {
     ),
     "mnist": dict(
         budgets=(40, 150), seeds=5, rounds=5, query_size=30, steps=100, candidates=300,
-        test_size=1000, width=8, hidden=64, strategies=st.FINAL,
+        test_size=1000, width=8, hidden=64, strategies=st.FINAL_MNIST,
     ),
 }  # fmt: skip
 _DEFAULTS["npz"] = dict(_DEFAULTS["mnist"], test_size=0)

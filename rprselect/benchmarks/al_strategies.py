@@ -30,6 +30,7 @@ from torch import nn
 
 from .. import acquisition as acq
 from ..linearize import linearize_batch
+from ..registry import PRESETS, Preset
 from .al_baselines import badge_sampling, bald_scores, k_center_greedy, penultimate_features
 
 __all__ = [
@@ -38,6 +39,7 @@ __all__ = [
     "STRATEGIES",
     "PILOT",
     "FINAL",
+    "FINAL_MNIST",
     "GROUPS",
     "eligible",
     "group_of",
@@ -156,21 +158,8 @@ def _norms(x: np.ndarray) -> np.ndarray:
     return np.asarray(np.linalg.norm(x.reshape(len(x), -1).astype(np.float64), axis=1))
 
 
-@dataclass(frozen=True)
-class Spec:
-    """A strategy that is an acquisition of :mod:`rprselect.acquisition` plus a batch mode.
-
-    Attributes:
-        acquisition: a key of ``ACQUISITIONS``.
-        params: the score's parameters.
-        batch: ``"top"``, ``"stratified"`` or ``"power"``.
-        transform: power sampling's transform.
-    """
-
-    acquisition: str
-    params: tuple[tuple[str, Any], ...] = ()
-    batch: str = "top"
-    transform: str = "rank"
+#: A strategy that is an acquisition plus a batch mode: :class:`rprselect.registry.Preset`.
+Spec = Preset
 
 
 def _needs(spec: Spec) -> tuple[str, ...]:
@@ -224,49 +213,28 @@ def _rpr_kcenter(rnd: Round) -> np.ndarray:
     return cand[k_center_greedy(feats, centres, rnd.n)[0]]
 
 
-def _p(**kw: Any) -> tuple[tuple[str, Any], ...]:
-    return tuple(sorted(kw.items()))
-
-
-#: Every strategy the benchmark knows: a :class:`Spec` or a function of the :class:`Round`.
+#: Every strategy the benchmark knows: a :class:`Spec` (the library's presets and
+#: acquisitions, under the same names) or a function of the :class:`Round`.
 STRATEGIES: dict[str, Spec | Callable[[Round], np.ndarray]] = {
     # baselines
     "random": Spec("random"),
     "margin": Spec("margin"),
     "entropy": Spec("entropy"),
-    "least_confidence": Spec("max_softmax"),
+    "least_confidence": PRESETS["least_confidence"],
     "bald": _bald,
     "bald_mc5": functools.partial(_bald, mc_samples=5),
     "bald_mc50": functools.partial(_bald, mc_samples=50),
     "badge": _badge,
-    "power_margin": Spec("margin", batch="power", transform="min"),
-    "power_margin_rank": Spec("margin", batch="power", transform="rank"),
     "coreset": _coreset,
-    "margin_strat": Spec("margin", batch="stratified"),
     # controls without an SVD
-    "ratio": Spec("output_input_ratio"),
     "max_logit": Spec("max_logit"),
     "energy": Spec("energy"),
-    "hutchinson": Spec("jacobian_frobenius", _p(n_probes=8)),
     # RPR: the paper's rule and its variants
     "lowest": Spec("lowest"),
-    **{f"lowest_r{r}": Spec("lowest", _p(r=r)) for r in range(2, 7)},
-    **{f"lowest_r{r}_strat": Spec("lowest", _p(r=r), batch="stratified") for r in (2, 3, 4)},
     "rank_mean": Spec("rank_mean"),
-    "rank_mean_r6": Spec("rank_mean", _p(r_max=6)),
-    "class_cond": Spec("class_conditional"),
-    **{f"class_cond_r{r}": Spec("class_conditional", _p(r=r)) for r in (2, 4)},
-    "class_cond_strat": Spec("class_conditional", batch="stratified"),
-    **{
-        f"margin_rpr_g{g}": Spec("margin_rpr", _p(gamma=float(g.replace("p", "."))))
-        for g in ("0p5", "1", "2")
-    },
-    "margin_rpr_g1_r3": Spec("margin_rpr", _p(gamma=1.0, r=3)),
-    "margin_rpr_strat": Spec("margin_rpr", _p(gamma=1.0), batch="stratified"),
-    "margin_rpr_power": Spec("margin_rpr", _p(gamma=1.0), batch="power", transform="min"),
     "rank_entropy": Spec("rank_entropy"),
     "vim": Spec("vim"),
-    "vim_r4": Spec("vim", _p(r=4)),
+    **{n: p for n, p in PRESETS.items() if n != "least_confidence"},
     "rpr_kcenter": _rpr_kcenter,
 }
 
@@ -310,8 +278,29 @@ PILOT: tuple[str, ...] = tuple(
     )
 )
 
-#: The final runs' candidates, chosen from the pilot (docs/acquisition.md).
-FINAL: tuple[str, ...] = PILOT
+#: The final runs' candidates on digits, chosen from the pilot (docs/acquisition.md).
+FINAL: tuple[str, ...] = (
+    "random",
+    "margin",
+    "entropy",
+    "bald",
+    "badge",
+    "power_margin",
+    "margin_strat",
+    "ratio",
+    "max_logit",
+    "energy",
+    "hutchinson",
+    "lowest",
+    "margin_rpr_g2",
+    "margin_rpr_g1_r3",
+    "margin_rpr_strat",
+    "class_cond_strat",
+)
+
+#: MNIST's final list: the same without the two controls that cost most or added least
+#: (Hutchinson: an SVD's price, last in both pilots; max logit: a twin of energy).
+FINAL_MNIST: tuple[str, ...] = tuple(n for n in FINAL if n not in ("hutchinson", "max_logit"))
 
 
 def eligible(name: str) -> bool:
