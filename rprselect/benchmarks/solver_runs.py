@@ -169,11 +169,20 @@ def _evaluate(name: str, model: Any, X: Any, res: Any, spec: dict[str, Any]) -> 
 
 
 # -- running the configurations ------------------------------------------------------------------
-def _run_isolated(spec: dict[str, Any], work: Path, timeout: float | None) -> dict[str, Any]:
-    """:func:`run_config` in a fresh Python process, so its peak memory is its own."""
+def _run_isolated(
+    spec: dict[str, Any], work: Path, timeout: float | None, resume: bool = False
+) -> dict[str, Any]:
+    """:func:`run_config` in a fresh Python process, so its peak memory is its own.
+
+    With ``resume``, a row finished earlier for the very same spec is read back instead.
+    """
     tag = f"{spec['case']['name']}_{spec['config']}"
     spec_path, out_path = work / f"{tag}.spec.json", work / f"{tag}.row.json"
-    spec_path.write_text(json.dumps(spec))
+    text = json.dumps(spec, sort_keys=True)
+    if resume and out_path.exists() and spec_path.exists() and spec_path.read_text() == text:
+        done: dict[str, Any] = json.loads(out_path.read_text())
+        return done
+    spec_path.write_text(text)
     out_path.unlink(missing_ok=True)
     root = str(Path(__file__).resolve().parents[2])
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([root, os.environ.get("PYTHONPATH", "")])}
@@ -211,7 +220,7 @@ def run_cases(
             elif args.in_process:
                 row = run_config(spec)
             else:
-                row = _run_isolated(spec, work, args.config_timeout)
+                row = _run_isolated(spec, work, args.config_timeout, args.resume)
             row.update(case=case.name, config=name)
             if name == "reference" and row["status"] == "ok":
                 ref = row

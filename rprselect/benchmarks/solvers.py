@@ -86,6 +86,7 @@ SMOKE: dict[str, Any] = {
     "trace_volumes": 2,
     "dense_limit": 64,
     "in_process": True,
+    "weights": None,
 }
 
 
@@ -121,7 +122,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     a("--pool-edge", type=int, default=32, help="edge of the pool volumes (P3)")
     a("--mnist-batch", type=int, default=100, help="MNIST images per operator (throughput)")
     a("--trace-volumes", type=int, default=8, help="volumes of the trace-once comparison")
-    a("--weights", default=None, help="trained PocketUNet state dict: adds the trained cases")
+    a("--weights", default=None, help="trained PocketUNet state dict: adds the trained cases "
+      "(scripts/train_solver_unet.py; the committed one: rprselect/benchmarks/weights/"
+      "pocket_unet_brats.pt)")  # fmt: skip
     a("--pool-block", type=int, default=1, help="Lanczos block size for pool scoring")
     a("--pool-batch", type=int, default=8, help="pool volumes per operator (per network pass)")
     a("--depth", type=int, default=4, help="PocketUNet depth")
@@ -132,6 +135,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     a("--seed", type=int, default=0)
     a("--data-dir", default=None, help="MNIST idx folder (default: shared data)")
     a("--in-process", action="store_true", help="no subprocesses (peak memory less clean)")
+    a("--resume", action="store_true", help="reuse rows finished by an earlier run (same spec)")
     a("--config-timeout", type=float, default=None, help="seconds before a config is abandoned")
     a("--note", default="", help="a sentence for report.md (e.g. the machine's load)")
     a("--from-json", type=Path, default=None, help="re-judge and re-render a results.json only")
