@@ -208,3 +208,27 @@ def test_quick_npz_and_weights(tmp_path: Path) -> None:
                            "--weights", str(weights))  # fmt: skip
     assert status == 0 and again["units"]["model"]["loaded"] == str(weights)
     assert again["summary"] == results["summary"]  # the same model gives the same numbers
+
+
+@pytest.mark.slow
+def test_quick_brats_per_fold_spearman(tmp_path: Path) -> None:
+    """Synthetic BraTS cases: slices and volumes per fold model; the per-fold Spearman(RPR,
+    Dice) of the report is scipy's on the saved per-slice values."""
+    pytest.importorskip("monai")
+    pytest.importorskip("nibabel")
+    from rprselect.benchmarks.brats_analysis import spearman
+
+    status, results = _quick(tmp_path, "--data", "brats")
+    assert status == 0
+    assert set(results["summary"]) == {"slices", "volumes"}
+    per_unit = results["summary"]["slices"]["per_unit"]
+    assert [r["unit"] for r in per_unit] == ["fold0_2d", "fold1_2d"]
+    for rec in per_unit:
+        with np.load(tmp_path / "units" / f"{rec['unit']}.npz") as z:
+            fg, dice, curve = z["has_fg"], z["dice"], z["rpr_curve"]
+        assert rec["n"] == int(fg.sum())
+        want = spearman(curve[fg, -1].tolist(), dice[fg].tolist())
+        np.testing.assert_allclose(rec["lowest"], want, equal_nan=True)
+    vols = results["summary"]["volumes"]
+    assert vols["n"] == 4 and len(vols["table2"]) == 5  # 4 synthetic cases, each tested once
+    assert (tmp_path / "score_vs_dice_slices.png").is_file()
