@@ -1,8 +1,10 @@
 """Choose what to annotate next from a :class:`~rprselect.scoring.ScoreTable`.
 
 Selectors are small pure functions of the scores (and, for diversity, of a feature per
-sample). A low RPR means the sample lies near the nullspace of A[x], where the model is likely
-to fail (paper Section 1.2), so both strategies favour low RPR:
+sample). Any acquisition of :mod:`rprselect.acquisition` can be named as the strategy; the
+default, :data:`DEFAULT_STRATEGY`, is the one the recorded rule of docs/acquisition.md chose on
+digits and MNIST. A low RPR means the sample lies near the nullspace of A[x], where the model
+is likely to fail (paper Section 1.2), and the paper's two rules favour low RPR:
 
 - ``"lowest"``: the ``n`` samples with the lowest RPR at rank k.
 - ``"diverse"``: ranked batch selection (Cardoso et al. 2017, as in modAL's ``ranked_batch``)
@@ -23,16 +25,24 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 
 from .batches import ranked_batch
 from .scoring import ScoreTable, score
 
-__all__ = ["Selection", "select", "RPRSelector"]
+__all__ = ["Selection", "select", "RPRSelector", "DEFAULT_STRATEGY", "PAPER_STRATEGY"]
 
-Strategy = Literal["lowest", "diverse"]
+#: ``"lowest"``, ``"diverse"``, or a name of :data:`rprselect.acquisition.ACQUISITIONS` or
+#: :data:`rprselect.registry.PRESETS`.
+Strategy = str
+
+#: The default strategy, chosen by the recorded rule of docs/acquisition.md on digits and
+#: MNIST (README, "Which acquisition to use").
+DEFAULT_STRATEGY: str = "lowest"
+#: The paper's rule: lowest RPR at rank k first (Section 1.2), always available by this name.
+PAPER_STRATEGY: str = "lowest"
 
 
 @dataclass
@@ -43,11 +53,16 @@ class Selection:
         indices: positions in the pool (``ScoreTable.index``), ``(n,)`` int64.
         ids: their ids.
         scores: their RPR at rank k, ``(n,)``.
+        utility: the acquisition utility each was chosen by (higher = first), for strategies
+            other than ``"lowest"`` and ``"diverse"``; else ``None``.
+        strategy: the strategy that chose them.
     """
 
     indices: np.ndarray
     ids: list[str]
     scores: np.ndarray
+    utility: np.ndarray | None = None
+    strategy: str = PAPER_STRATEGY
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -88,24 +103,37 @@ def _features(table: ScoreTable, features: Any) -> np.ndarray:
 def select(
     scores: ScoreTable,
     n: int,
-    strategy: Strategy = "lowest",
+    strategy: Strategy = DEFAULT_STRATEGY,
     rng: np.random.Generator | int | None = None,
     features: Any = None,
     *,
     alpha: float = 0.5,
     candidates: float = 3.0,
+    logits: Any = None,
+    labelled: Any = None,
+    **params: Any,
 ) -> Selection:
     """Propose ``n`` samples to label (see the module docstring for the strategies).
 
     Args:
         scores: the table from :func:`~rprselect.score` (or :meth:`ScoreTable.from_csv`).
         n: how many to propose, ``1 <= n <= len(scores)``.
-        strategy: ``"lowest"`` or ``"diverse"``.
+        strategy: ``"lowest"`` (the paper's rule), ``"diverse"``, or any name of
+            :data:`rprselect.acquisition.ACQUISITIONS` or :data:`rprselect.registry.PRESETS`
+            (default :data:`DEFAULT_STRATEGY`), computed by
+            :func:`rprselect.acquisition.acquire`. A strategy that needs the model's outputs
+            reads ``logits`` (default ``scores.logits``); when neither is there (a
+            segmentation model, or a CSV without logits) the paper's ``"lowest"`` is used.
         rng: breaks ties in RPR at random (a Generator or seed); ``None`` keeps pool order.
         features: for ``"diverse"``, one feature vector per row of ``scores``
             (``(N, ...)``, flattened); default the standardised RPR curves.
         alpha: weight of the RPR rank against the distance, in ``[0, 1]`` (``"diverse"``).
         candidates: ``"diverse"`` picks among the ``ceil(candidates * n)`` lowest RPRs.
+        logits: ``(N, C)`` model outputs on the rows of ``scores`` (default ``scores.logits``).
+        labelled: a :class:`rprselect.acquisition.Labelled` with the labelled set's labels (for
+            stratified batches; without it every class counts as unlabelled) and RPR curves
+            (for ``class_conditional``).
+        **params: the acquisition's own parameters (``gamma``, ``r``, ``T``, ...).
 
     Returns:
         A :class:`Selection`, in picking order (ascending RPR for ``"lowest"``).
@@ -125,7 +153,14 @@ def select(
         raise ValueError(f"n must satisfy 1 <= n <= pool size = {N}, got {n}")
     scores.check_rankable()  # NaN/inf RPR or repeated ids: a clear ValueError naming them
     if strategy not in ("lowest", "diverse"):
-        raise ValueError(f"strategy must be 'lowest' or 'diverse', got {strategy!r}")
+        from .registry import preset_of
+
+        preset_of(strategy)  # ValueError listing every known name
+        if logits is None and getattr(scores, "logits", None) is None:
+            if "logits" in _needs(strategy):
+                strategy = PAPER_STRATEGY  # no model outputs kept: the paper's rule
+    if strategy not in ("lowest", "diverse"):
+        return _by_acquisition(scores, n, strategy, rng, logits, labelled, params)
     if not 0.0 <= alpha <= 1.0:
         raise ValueError(f"alpha must be in [0, 1], got {alpha}")
     if not candidates >= 1.0:
@@ -146,6 +181,58 @@ def select(
     )
 
 
+def _needs(strategy: str) -> tuple[str, ...]:
+    from .registry import ACQUISITIONS, preset_of
+
+    return ACQUISITIONS[preset_of(strategy).acquisition].needs
+
+
+def _by_acquisition(
+    scores: ScoreTable,
+    n: int,
+    strategy: str,
+    rng: np.random.Generator | int | None,
+    logits: Any,
+    labelled: Any,
+    params: dict[str, Any],
+) -> Selection:
+    """Any acquisition of the registry, through :func:`rprselect.acquisition.acquire`."""
+    from .registry import acquire, utility_of
+
+    gen = _rng(rng)
+    gen = gen if gen is not None else np.random.default_rng(0)
+    state = gen.bit_generator.state
+    chosen = acquire(strategy, scores, n, logits=logits, labelled=labelled, rng=gen, **params)
+    gen.bit_generator.state = state  # the same draws again: the utility the batch was built on
+    util = _utility(scores, strategy, logits, labelled, gen, params, utility_of)
+    return Selection(
+        indices=scores.index[chosen].astype(np.int64),
+        ids=[scores.ids[i] for i in chosen],
+        scores=scores.rpr[chosen].copy(),
+        utility=util[chosen],
+        strategy=strategy,
+    )
+
+
+def _utility(
+    scores: ScoreTable,
+    strategy: str,
+    logits: Any,
+    labelled: Any,
+    gen: np.random.Generator,
+    params: dict[str, Any],
+    utility_of: Any,
+) -> np.ndarray:
+    from .registry import preset_of
+
+    pre = preset_of(strategy)
+    kw = {**dict(pre.params), **{k: v for k, v in params.items() if k not in ("T", "transform")}}
+    kw.pop("batch", None)
+    return np.asarray(
+        utility_of(pre.acquisition, scores, logits=logits, labelled=labelled, rng=gen, params=kw)
+    )
+
+
 def _ranked_batch(feats: np.ndarray, n: int, alpha: float) -> np.ndarray:
     """Ranked batch over candidates already sorted by ascending RPR: the one implementation,
     :func:`rprselect.batches.ranked_batch`, with the RPR rank as utility and ``1 - alpha`` as
@@ -160,7 +247,8 @@ class RPRSelector:
     Args:
         k: singular triplets per sample.
         n: how many samples to propose.
-        strategy: ``"lowest"`` or ``"diverse"`` (see :func:`select`).
+        strategy: the default :data:`DEFAULT_STRATEGY`, the paper's ``"lowest"``,
+            ``"diverse"`` or any acquisition name (see :func:`select`).
         rng: tie-breaking seed or Generator.
         **score_kwargs: passed to :func:`~rprselect.score` (``tol``, ``solver``,
             ``batch_size``, ``device``, ``cache``, ``progress``, ...).
@@ -183,7 +271,7 @@ class RPRSelector:
         *,
         k: int = 10,
         n: int = 10,
-        strategy: Strategy = "lowest",
+        strategy: Strategy = DEFAULT_STRATEGY,
         rng: np.random.Generator | int | None = None,
         **score_kwargs: Any,
     ) -> None:
@@ -210,8 +298,11 @@ class RPRSelector:
                 self.score_kwargs[name] = value
         return self
 
-    def select(self, model: Any, pool: Any, features: Any = None) -> Selection:
-        """Score ``pool`` with ``model`` and propose ``n`` samples.
+    def select(
+        self, model: Any, pool: Any, features: Any = None, labelled: Any = None
+    ) -> Selection:
+        """Score ``pool`` with ``model`` and propose ``n`` samples (``labelled``: see
+        :func:`select`).
 
         With ``strategy="diverse"``, a tensor or array pool is its own feature space unless
         ``features`` is given.
@@ -220,7 +311,7 @@ class RPRSelector:
         if features is None and self.strategy == "diverse" and hasattr(pool, "shape"):
             features = np.asarray(pool)[self.scores_.index] if len(pool) else None
         self.selection_ = select(
-            self.scores_, self.n, self.strategy, rng=self.rng, features=features
+            self.scores_, self.n, self.strategy, rng=self.rng, features=features, labelled=labelled
         )
         return self.selection_
 
