@@ -150,6 +150,24 @@ def _orthonormalize(
     return Q, C, Q @ Wp[:, :c].mT
 
 
+def _fit_ncv(
+    budget: int | str, ncv: int, k: int, b: int, B: int, m: int, n: int, dtype: torch.dtype
+) -> int:
+    """The largest basis ``<= ncv`` whose float64 bases and blocks fit ``budget``."""
+    from .memory import parse_memory
+
+    limit = parse_memory(budget)
+    block = 2 * B * b * (m + n) * dtype.itemsize
+    for cv in range(ncv, k + b, -1):
+        if 8 * B * (cv + b) * (m + n) + block <= limit:
+            return cv
+    need = 8 * B * (k + 2 * b + 1) * (m + n) + block
+    raise ValueError(
+        f"max_memory={budget!r} is below the smallest rank-{k} Lanczos solve of this operator: "
+        f"{need / 2**30:.2f} GiB of bases and blocks for {B} sample(s) of {m} x {n}"
+    )
+
+
 def _default_ncv(k: int, b: int, m: int, n: int) -> int:
     return min(max(2 * k + 2 * b, k + 16), min(m, n) + b)
 
@@ -192,6 +210,8 @@ def lanczos_svd(
     m, n = op.shape
     B, b = op.n_samples, min(config.block_size, m, n)  # a block can't outgrow the matrix
     ncv = max(config.ncv or _default_ncv(k, b, m, n), k + b)
+    if config.max_memory is not None:
+        ncv = _fit_ncv(config.max_memory, ncv, k, b, B, m, n, op.dtype)
     # Products run in the network's dtype; the bases are kept in float64, as SLEPc keeps its
     # vectors: in float32 the attainable residual at 64^3 was ~1.5e-4, above the usual tol 1e-4.
     dt, dev = torch.float64, op.device

@@ -27,6 +27,11 @@ class SolverConfig:
         dense_max: ``solver="auto"`` uses the exact dense path when ``min(m, n)`` is at most this.
         slepc_type: SLEPc SVD type; the paper uses ``"cross"``.
         slepc_max_it: SLEPc iteration limit.
+        max_memory: a memory budget for the Lanczos solve, bytes or a string such as
+            ``"8GB"``: ``ncv`` is lowered (more products, same answer) until the bases fit,
+            and a ``ValueError`` names the shortfall when even ``k + b + 1`` vectors do not.
+            The sliding-window engine plans windows per pass with
+            :func:`~rprselect.solvers.memory.plan_memory` under the same budget.
     """
 
     block_size: int = 1
@@ -36,8 +41,13 @@ class SolverConfig:
     dense_max: int = 64
     slepc_type: str = "cross"
     slepc_max_it: int = 10_000
+    max_memory: int | str | None = None
 
     def __post_init__(self) -> None:
+        if self.max_memory is not None:
+            from .memory import parse_memory
+
+            parse_memory(self.max_memory)
         if self.block_size < 1:
             raise ValueError(f"block_size must be >= 1, got {self.block_size}")
         if self.ncv is not None and self.ncv < 2:

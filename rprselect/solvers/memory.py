@@ -1,0 +1,187 @@
+"""A memory budget for rank-k scoring: choose the Lanczos basis, the vectors per pass and the
+sliding-window batch so that the solve fits ``max_memory`` instead of running out.
+
+The model of the peak, in bytes, of one sample's solve (float64 bases, products in the
+network's dtype of ``s`` bytes):
+
+.. math::
+    M = \\underbrace{8\\,(n_{cv} + b)(m + n)}_{\\text{Lanczos bases}}
+      + \\underbrace{N_w\\, r_w}_{\\text{recorded windows}}
+      + \\underbrace{g\\, b\\, a_w}_{\\text{one pass}}
+      + \\underbrace{2\\, s\\, b\\, (m + n)}_{\\text{block in and out}},
+
+with ``n``/``m`` the input/output sizes of the whole volume, ``N_w`` the (live) windows, ``r_w``
+the bytes one window's recording keeps (ReLU masks, pooling indices, flipped kernels), ``a_w``
+the activations of one window and one vector in a pass, and ``g`` the sliding-window batch
+(``sw_batch_size``; windows per pass). Without sliding windows ``N_w = g = 1`` and the window
+is the volume. :func:`window_costs` measures ``r_w`` and ``a_w`` on one window;
+:func:`plan_memory` then picks, in this order of preference, the default basis (fewest
+products), one vector per pass, and the largest ``g`` that fits; when the bases alone do not
+fit it shrinks ``n_cv`` down to ``k + b + 1`` (more products, same answer), and it raises a
+``ValueError`` that names every term when even that does not fit.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor, nn
+
+__all__ = ["MemoryPlan", "describe", "parse_memory", "plan_memory", "window_costs"]
+
+_UNITS = {"": 1, "B": 1, "K": 2**10, "M": 2**20, "G": 2**30, "T": 2**40}
+
+
+def parse_memory(value: int | str) -> int:
+    """Bytes from ``8_000_000_000``, ``"8GB"``, ``"8 GiB"``, ``"512M"`` (powers of 1024).
+
+    Raises:
+        ValueError: not a positive size; TypeError: neither an int nor a string.
+    """
+    if isinstance(value, bool) or not isinstance(value, (int, str)):
+        raise TypeError(f"max_memory must be an int (bytes) or a string like '8GB', got {value!r}")
+    if isinstance(value, int):
+        if value <= 0:
+            raise ValueError(f"max_memory must be > 0 bytes, got {value}")
+        return value
+    match = re.fullmatch(r"\s*([0-9]*\.?[0-9]+)\s*([KMGT]?)(i?B)?\s*", value, re.IGNORECASE)
+    if match is None or float(match.group(1)) <= 0:
+        raise ValueError(f"max_memory must look like '8GB', '512MiB' or '2.5G', got {value!r}")
+    return int(float(match.group(1)) * _UNITS[match.group(2).upper()])
+
+
+@dataclass(frozen=True)
+class MemoryPlan:
+    """What :func:`plan_memory` chose, and its predicted peak.
+
+    Attributes:
+        ncv: Lanczos basis size (``SolverConfig.ncv``).
+        block_size: vectors per pass (``SolverConfig.block_size``).
+        sw_batch_size: windows per pass (the sliding-window option).
+        predicted_bytes: the modelled peak.
+        terms: the peak's terms by name, in bytes.
+    """
+
+    ncv: int
+    block_size: int
+    sw_batch_size: int
+    predicted_bytes: int
+    terms: dict[str, int]
+
+
+def window_costs(model: nn.Module, window: Tensor) -> tuple[int, int]:
+    """``(r_w, a_w)``: bytes one window's recording keeps, and activations per vector of a pass.
+
+    ``r_w`` counts the distinct tensor storages held by the recorded rules of
+    :func:`~rprselect.linearize_batch` at ``window`` (``(C, *roi)``); ``a_w`` sums the outputs
+    of every leaf module of a no-grad forward pass of the window (the frozen pass keeps its
+    intermediates until the pass ends).
+    """
+    from ..linearize import linearize_batch
+
+    op = linearize_batch(model, window.unsqueeze(0))
+    seen: dict[int, int] = {}
+    for rule in getattr(getattr(op, "adjoint_network", None), "layers", []):
+        for t in _tensors(rule):
+            seen[t.untyped_storage().data_ptr()] = t.untyped_storage().nbytes()
+    total = [0]
+
+    def hook(module: nn.Module, inputs: object, output: object) -> None:
+        if isinstance(output, Tensor):
+            total[0] += output.numel() * output.element_size()
+
+    leaves = [m for m in model.modules() if not list(m.children())]
+    handles = [m.register_forward_hook(hook) for m in leaves]
+    try:
+        with torch.no_grad():
+            model(window.unsqueeze(0))
+    finally:
+        for h in handles:
+            h.remove()
+    return sum(seen.values()), total[0]
+
+
+def _tensors(module: nn.Module) -> list[Tensor]:
+    found = [v for v in vars(module).values() if isinstance(v, Tensor)]
+    found += [v for v in module._buffers.values() if v is not None]
+    found += [v for v in module._parameters.values() if v is not None]
+    for v in vars(module).values():
+        if isinstance(v, (list, tuple)):
+            found += [t for t in v if isinstance(t, Tensor)]
+    return found
+
+
+def plan_memory(
+    max_memory: int | str,
+    *,
+    n: int,
+    m: int,
+    k: int,
+    record_bytes: int,
+    pass_bytes: int,
+    n_windows: int = 1,
+    dtype_bytes: int = 4,
+    block_sizes: tuple[int, ...] = (1,),
+    ncv: int | None = None,
+) -> MemoryPlan:
+    """Basis size, vectors per pass and windows per pass that fit ``max_memory``.
+
+    Args:
+        max_memory: the budget, bytes or a string such as ``"8GB"``.
+        n, m: input and output sizes of one sample (whole volume). k: triplets.
+        record_bytes: ``r_w`` of :func:`window_costs`. pass_bytes: ``a_w``.
+        n_windows: live windows ``N_w`` (1 without sliding windows).
+        dtype_bytes: bytes of the network's dtype.
+        block_sizes: vectors per pass to consider, preferred first.
+        ncv: the basis wanted (default: the solver's default, ``max(2k + 2b, k + 16)``).
+
+    Raises:
+        ValueError: the budget cannot hold even the smallest basis; the message gives every
+            term of the model.
+    """
+    budget = parse_memory(max_memory)
+    best: MemoryPlan | None = None
+    for b in block_sizes:
+        want = ncv or max(2 * k + 2 * b, k + 16)
+        for cv in range(want, k + b, -1):  # down to k + b + 1
+            fixed = (
+                8 * (cv + b) * (m + n) + n_windows * record_bytes + 2 * dtype_bytes * b * (m + n)
+            )
+            room = budget - fixed
+            g = min(n_windows, room // max(b * pass_bytes, 1)) if room > 0 else 0
+            if g >= 1:
+                terms = {
+                    "bases": 8 * (cv + b) * (m + n),
+                    "records": n_windows * record_bytes,
+                    "pass": int(g) * b * pass_bytes,
+                    "blocks": 2 * dtype_bytes * b * (m + n),
+                }
+                best = MemoryPlan(cv, b, int(g), sum(terms.values()), terms)
+                break
+        if best is not None:
+            return best
+    b = block_sizes[0]
+    cv = k + b + 1
+    need = {
+        "bases": 8 * (cv + b) * (m + n),
+        "records": n_windows * record_bytes,
+        "pass": b * pass_bytes,
+        "blocks": 2 * dtype_bytes * b * (m + n),
+    }
+    shown = ", ".join(f"{key} {v / 2**30:.2f} GiB" for key, v in need.items())
+    raise ValueError(
+        f"max_memory={max_memory!r} ({budget / 2**30:.2f} GiB) is below the smallest rank-{k} "
+        f"solve of this input: {shown} (total {sum(need.values()) / 2**30:.2f} GiB) with "
+        f"ncv={cv}, one vector and one window per pass; raise max_memory or lower k"
+    )
+
+
+def describe(plan: MemoryPlan) -> str:
+    """One line: the chosen knobs and the predicted peak by term."""
+    terms = ", ".join(f"{k} {v / 2**20:.0f} MiB" for k, v in plan.terms.items())
+    return (
+        f"ncv={plan.ncv}, block_size={plan.block_size}, sw_batch_size={plan.sw_batch_size}: "
+        f"{plan.predicted_bytes / 2**30:.2f} GiB ({terms})"
+    )
