@@ -3,9 +3,12 @@
 scikit-learn's bundled 8x8 digits stand in for MNIST (paper Section 1.3). Half of them train a
 bias-free :class:`~rprselect.models.MNISTNet` after digits 1 and 9 are cut to a few percent; the
 other half is the unlabeled pool. Every pool image is scored (RPR at rank k, Eq. 10, and, since
-the demo knows the labels, LPR of the ±2 label map, Eq. 13), and the ``n`` lowest-RPR images are
-proposed for labelling. The printout says whether the proposals over-represent the two digits
-the model barely saw, against their share of the pool.
+the demo knows the labels, LPR of the ±2 label map, Eq. 13). On the same pool, ``n`` images are
+proposed by the default strategy (:data:`~rprselect.select.DEFAULT_STRATEGY`, chosen by the
+recorded rule of docs/acquisition.md), by margin sampling, and by the paper's rule (the ``n``
+lowest RPR at rank k), side by side. The printout says how much each over-represents the two
+digits the model barely saw, against their share of the pool, and how many of its proposals
+the model gets wrong.
 """
 
 from __future__ import annotations
@@ -21,10 +24,11 @@ import torch
 from torch import nn
 
 from ._report import markdown_table
+from .acquisition import Labelled
 from .data import imbalance_indices, load_digits_tensors
 from .models import MNISTNet
 from .scoring import ScoreTable, score
-from .select import Selection, select
+from .select import DEFAULT_STRATEGY, PAPER_STRATEGY, Selection, select
 
 __all__ = ["DemoResult", "run_demo", "RARE"]
 
@@ -37,8 +41,11 @@ class DemoResult:
     """What the demo measured and wrote.
 
     Attributes:
-        scores: the pool's :class:`ScoreTable` (with LPR).
-        selection: the proposals.
+        scores: the pool's :class:`ScoreTable` (with LPR and the model's logits).
+        selection: the default strategy's proposals.
+        selections: strategy name -> its proposals on the same pool: the default, ``"margin"``
+            and the paper's ``"lowest"`` (one entry when they coincide in name).
+        train_labels: the labels of the training set (what the stratified quotas count).
         pool_labels: true digit of every pool image (by pool index).
         predicted: the model's digit for every pool image.
         rare_share_pool: fraction of the pool that is a rare digit.
@@ -55,11 +62,22 @@ class DemoResult:
     rare_share_proposals: float
     files: dict[str, Path]
     seconds: dict[str, float]
+    selections: dict[str, Selection]
+    train_labels: np.ndarray
 
     @property
     def enrichment(self) -> float:
-        """Rare share of the proposals over rare share of the pool (1 = no enrichment)."""
+        """Rare share of the default's proposals over rare share of the pool (1 = none)."""
         return self.rare_share_proposals / self.rare_share_pool
+
+    def rare_share(self, strategy: str) -> float:
+        """Fraction of ``strategy``'s proposals that is a rare digit."""
+        return float(np.isin(self.pool_labels[self.selections[strategy].indices], RARE).mean())
+
+    def wrong_share(self, strategy: str) -> float:
+        """Fraction of ``strategy``'s proposals that the model misclassifies."""
+        idx = self.selections[strategy].indices
+        return float((self.predicted[idx] != self.pool_labels[idx]).mean())
 
 
 def _train(model: nn.Module, x: torch.Tensor, y: torch.Tensor, epochs: int, seed: int) -> None:
@@ -153,13 +171,21 @@ def _run(
     t0 = time.perf_counter()
     table = score(model, pool_x, k=k, labels=pool_y, progress=progress)
     seconds["score"] = time.perf_counter() - t0
-    sel = select(table, n)
+    train_y = labels[keep].numpy()
+    labelled = Labelled(y=train_y)
+    sels = {
+        name: select(table, n, name, rng=seed, labelled=labelled)
+        for name in dict.fromkeys((DEFAULT_STRATEGY, "margin", PAPER_STRATEGY))
+    }
+    sel = sels[DEFAULT_STRATEGY]
 
-    train_counts = np.bincount(labels[keep].numpy(), minlength=10)
+    train_counts = np.bincount(train_y, minlength=10)
     rare_pool = float(np.isin(pool_y, RARE).mean())
     rare_prop = float(np.isin(pool_y[sel.indices], RARE).mean())
-    files = _write_files(out, table, sel, pool_x.numpy(), pool_y, predicted, lpr_rank)
-    result = DemoResult(table, sel, pool_y, predicted, rare_pool, rare_prop, files, seconds)
+    files = _write_files(out, table, sels, pool_x.numpy(), pool_y, predicted, lpr_rank)
+    result = DemoResult(
+        table, sel, pool_y, predicted, rare_pool, rare_prop, files, seconds, sels, train_y
+    )
     _report(result, train_counts, k, lpr_rank, stream)
     return result
 
@@ -168,7 +194,9 @@ def _per_digit_rows(r: DemoResult, train_counts: np.ndarray, lpr_rank: int) -> l
     t, y = r.scores, r.pool_labels[r.scores.index]
     pred = r.predicted[r.scores.index]
     lpr_r = t.lpr_curve[:, lpr_rank - 1] if t.lpr_curve is not None else np.full(len(t), np.nan)
-    proposed = np.bincount(r.pool_labels[r.selection.indices], minlength=10)
+    proposed = [
+        np.bincount(r.pool_labels[sel.indices], minlength=10) for sel in r.selections.values()
+    ]
     rows = []
     for d in range(10):
         m = y == d
@@ -180,7 +208,7 @@ def _per_digit_rows(r: DemoResult, train_counts: np.ndarray, lpr_rank: int) -> l
                 float((pred[m] == d).mean()),
                 float(t.rpr[m].mean()),
                 float(lpr_r[m].mean()),
-                int(proposed[d]),
+                *[int(c[d]) for c in proposed],
             ]
         )
     return rows
@@ -195,39 +223,37 @@ def _report(r: DemoResult, train_counts: np.ndarray, k: int, lpr_rank: int, stre
         f"trained in {r.seconds['train']:.1f} s, scored {N} pool images in "
         f"{r.seconds['score']:.1f} s.\n"
     )
-    header = [
-        "digit",
-        "train",
-        "pool",
-        "accuracy",
-        f"mean RPR@{k}",
-        f"mean LPR@{lpr_rank}",
-        "proposed",
-    ]
-    p(markdown_table(header, _per_digit_rows(r, train_counts, lpr_rank)))
-    proposed = np.bincount(r.pool_labels[r.selection.indices], minlength=10)
-    base = np.bincount(r.pool_labels, minlength=10) / len(r.pool_labels)
-    p(f"\nProposals ({n} lowest RPR@{k}) against the pool's base rate:\n")
+    names = list(r.selections)
+    header = ["digit", "train", "pool", "accuracy", f"mean RPR@{k}", f"mean LPR@{lpr_rank}"]
+    p(
+        markdown_table(
+            header + [f"proposed: {s}" for s in names], _per_digit_rows(r, train_counts, lpr_rank)
+        )
+    )
+    p(
+        f"\n{n} proposals from the same pool by each strategy (default: {DEFAULT_STRATEGY}; "
+        f"the paper's rule: {PAPER_STRATEGY}, the {n} lowest RPR@{k}):\n"
+    )
     rows = [
         [
-            d,
-            int(proposed[d]),
-            float(base[d] * n),
-            float(proposed[d] / (base[d] * n)) if base[d] > 0 else float("nan"),
+            s + (" (default)" if s == DEFAULT_STRATEGY else ""),
+            float(r.rare_share(s)),
+            float(r.rare_share(s) / r.rare_share_pool),
+            float(r.wrong_share(s)),
         ]
-        for d in range(10)
+        for s in names
     ]
-    p(markdown_table(["digit", "proposed", "expected at base rate", "enrichment"], rows))
-    verdict = "enriched" if r.enrichment > 1.0 else "NOT enriched"
-    p(
-        f"\nDigits {RARE[0]} and {RARE[1]}: {r.rare_share_pool:.1%} of the pool, "
-        f"{r.rare_share_proposals:.1%} of the proposals: {verdict} "
-        f"(x{r.enrichment:.2f} over the base rate)."
-    )
+    head = [
+        "strategy",
+        f"share of digits {RARE[0]} and {RARE[1]}",
+        "enrichment over the pool",
+        "misclassified",
+    ]
+    p(markdown_table(head, rows))
     wrong = r.predicted != r.pool_labels
     p(
-        f"Misclassified by the model: {wrong.mean():.1%} of the pool, "
-        f"{wrong[r.selection.indices].mean():.1%} of the proposals."
+        f"\nPool: digits {RARE[0]} and {RARE[1]} are {r.rare_share_pool:.1%} of it; the model "
+        f"misclassifies {wrong.mean():.1%} of it."
     )
     if r.scores.lpr_curve is not None:
         low = r.scores.index[np.argsort(r.scores.lpr_curve[:, lpr_rank - 1], kind="stable")[:n]]
@@ -244,37 +270,51 @@ def _report(r: DemoResult, train_counts: np.ndarray, k: int, lpr_rank: int, stre
 def _write_files(
     out: Path,
     table: ScoreTable,
-    sel: Selection,
+    sels: dict[str, Selection],
     x: np.ndarray,
     y: np.ndarray,
     predicted: np.ndarray,
     lpr_rank: int,
 ) -> dict[str, Path]:
+    """``scores.csv`` (ascending RPR) and ``proposals.csv``: every strategy's proposals in
+    picking order, with the utility each was chosen by (empty for ``lowest``)."""
     files = {"scores": out / "scores.csv", "proposals": out / "proposals.csv"}
     # the summary LPR column at the rank the console and proposals.csv use (lpr_at_3), not k
     lpr_at = lpr_rank if table.lpr_curve is not None else None
     table.ranked().to_csv(files["scores"], lpr_rank=lpr_at)
     pos = {int(i): j for j, i in enumerate(table.index)}
     with open(files["proposals"], "w") as fh:
-        fh.write(f"rank,id,index,digit,predicted,rpr,lpr_{lpr_rank}\n")
-        for rank, (i, sid, s) in enumerate(zip(sel.indices, sel.ids, sel.scores, strict=True)):
-            lp = (
-                repr(float(table.lpr_curve[pos[int(i)], lpr_rank - 1]))
-                if table.lpr_curve is not None
-                else ""
-            )
-            fh.write(f"{rank + 1},{sid},{i},{y[i]},{predicted[i]},{float(s)!r},{lp}\n")
+        fh.write(f"strategy,rank,id,index,digit,predicted,rpr,lpr_{lpr_rank},utility\n")
+        for name, sel in sels.items():
+            util = sel.utility if sel.utility is not None else [None] * len(sel)
+            for rank, (i, sid, s, u) in enumerate(
+                zip(sel.indices, sel.ids, sel.scores, util, strict=True)
+            ):
+                lp = (
+                    repr(float(table.lpr_curve[pos[int(i)], lpr_rank - 1]))
+                    if table.lpr_curve is not None
+                    else ""
+                )
+                uu = "" if u is None else repr(float(u))
+                fh.write(
+                    f"{name},{rank + 1},{sid},{i},{y[i]},{predicted[i]},{float(s)!r},{lp},{uu}\n"
+                )
     try:
         import matplotlib
     except ImportError:
         return files  # plots are optional: the CSVs hold everything
     matplotlib.use("Agg")
-    files.update(_plots(out, table, sel, x, y, lpr_rank))
+    files.update(_plots(out, table, sels, x, y, lpr_rank))
     return files
 
 
 def _plots(
-    out: Path, table: ScoreTable, sel: Selection, x: np.ndarray, y: np.ndarray, lpr_rank: int
+    out: Path,
+    table: ScoreTable,
+    sels: dict[str, Selection],
+    x: np.ndarray,
+    y: np.ndarray,
+    lpr_rank: int,
 ) -> dict[str, Path]:
     import matplotlib.pyplot as plt
 
@@ -296,28 +336,47 @@ def _plots(
     fig.savefig(files["boxplot"], dpi=100)
     plt.close(fig)
 
-    n = len(sel)
-    proposed = np.bincount(y[sel.indices], minlength=10)
+    n = len(next(iter(sels.values())))
+    width = 0.8 / (len(sels) + 1)
+    fig, ax = plt.subplots(figsize=(7, 4))
+    for j, (name, sel) in enumerate(sels.items()):
+        ax.bar(
+            np.arange(10) + (j - len(sels) / 2) * width,
+            np.bincount(y[sel.indices], minlength=10),
+            width,
+            label=name,
+        )
     base = np.bincount(y, minlength=10) / len(y) * n
-    fig, ax = plt.subplots(figsize=(6, 4))
-    ax.bar(np.arange(10) - 0.2, proposed, 0.4, label=f"proposed ({n} lowest RPR)")
-    ax.bar(np.arange(10) + 0.2, base, 0.4, label="expected at the pool's base rate")
-    ax.set(xticks=range(10), xlabel="digit", ylabel="images", title="Proposals by digit")
-    ax.legend()
+    ax.bar(
+        np.arange(10) + len(sels) / 2 * width, base, width, label="pool's base rate", color="grey"
+    )
+    ax.set(xticks=range(10), xlabel="digit", ylabel="images", title=f"{n} proposals by digit")
+    ax.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(files["histogram"], dpi=100)
     plt.close(fig)
 
     cols = min(n, 10)
-    rows = -(-n // cols)
-    fig, axes_grid = plt.subplots(rows, cols, figsize=(1.2 * cols, 1.6 * rows), squeeze=False)
-    for j, ax in enumerate(axes_grid.flat):
-        ax.axis("off")
-        if j < n:
-            i = sel.indices[j]
-            ax.imshow(x[i, 0], cmap="gray_r")
-            ax.set_title(f"{y[i]}: {sel.scores[j]:.2f}", fontsize=8)
-    fig.suptitle("Proposals (digit: RPR)", fontsize=9)
+    fig, axes_grid = plt.subplots(
+        len(sels), cols, figsize=(1.2 * cols, 1.5 * len(sels)), squeeze=False
+    )
+    for row, (name, sel) in enumerate(sels.items()):
+        for j, ax in enumerate(axes_grid[row]):
+            ax.axis("off")
+            if j < len(sel):
+                i = sel.indices[j]
+                ax.imshow(x[i, 0], cmap="gray_r")
+                ax.set_title(f"{y[i]}: {sel.scores[j]:.2f}", fontsize=7)
+        axes_grid[row][0].text(
+            -0.3,
+            0.5,
+            name,
+            transform=axes_grid[row][0].transAxes,
+            ha="right",
+            va="center",
+            fontsize=7,
+        )
+    fig.suptitle(f"First {cols} proposals per strategy (digit: RPR)", fontsize=9)
     fig.tight_layout()
     fig.savefig(files["grid"], dpi=100)
     plt.close(fig)

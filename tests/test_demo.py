@@ -1,4 +1,4 @@
-"""The demo end to end with tiny settings: printed tables, files, reproducibility."""
+"""The demo end to end with tiny settings: its proposals checked against its own scores."""
 
 from __future__ import annotations
 
@@ -9,56 +9,84 @@ import numpy as np
 import pytest
 from cli_models import one_thread  # noqa: F401
 
+from rprselect.acquisition import Labelled, acquire, margin
 from rprselect.cli import main
+from rprselect.demo import RARE, run_demo
+from rprselect.select import DEFAULT_STRATEGY, PAPER_STRATEGY
 
 pytest.importorskip("sklearn")
 
 
-def test_demo_prints_tables_and_writes_files(tmp_path: Path, capsys) -> None:
-    out = tmp_path / "demo"
-    assert main(["demo", "--epochs", "1", "--n", "5", "--out", str(out)]) == 0
-    text = capsys.readouterr().out
-    assert "| digit | train | pool | accuracy | mean RPR@10 | mean LPR@3 | proposed |" in text
-    for d in range(10):
-        assert f"\n| {d} | " in text
-    assert "Proposals (5 lowest RPR@10) against the pool's base rate" in text
-    assert "Digits 1 and 9:" in text and ("NOT enriched" in text or "enriched" in text)
-    assert str(out / "scores.csv") in text and str(out / "proposals_grid.png") in text
+@pytest.fixture(scope="module")
+def demo(tmp_path_factory: pytest.TempPathFactory) -> tuple[object, Path]:
+    out = tmp_path_factory.mktemp("demo")
+    with open(out / "log.txt", "w") as fh:
+        result = run_demo(out=out / "d", n=6, epochs=1, stream=fh)
+    return result, out
 
-    with open(out / "scores.csv") as fh:
+
+def test_every_strategy_is_shown_on_the_same_pool(demo) -> None:
+    r, _ = demo
+    assert list(r.selections) == list(dict.fromkeys((DEFAULT_STRATEGY, "margin", PAPER_STRATEGY)))
+    assert r.selection is r.selections[DEFAULT_STRATEGY]
+    assert len(r.scores) == 899 and r.scores.logits is not None
+
+
+def test_proposals_follow_the_scores(demo) -> None:
+    r, _ = demo
+    t = r.scores
+    rows = {int(i): j for j, i in enumerate(t.index)}
+    # the paper's rule: the 6 lowest RPR at rank k, in ascending order
+    low = r.selections[PAPER_STRATEGY]
+    want = t.index[np.argsort(t.rpr, kind="stable")[:6]]
+    np.testing.assert_array_equal(low.indices, want)
+    # margin: the 6 smallest softmax margins of the model's own logits, smallest first
+    m = r.selections["margin"]
+    u = margin(t.logits)
+    np.testing.assert_array_equal(m.indices, t.index[np.argsort(-u, kind="stable")[:6]])
+    np.testing.assert_allclose(m.utility, u[[rows[int(i)] for i in m.indices]])
+    # the default, recomputed from the table and the training labels
+    d = r.selections[DEFAULT_STRATEGY]
+    pos = acquire(DEFAULT_STRATEGY, t, 6, labelled=Labelled(y=r.train_labels), rng=0)
+    if DEFAULT_STRATEGY != PAPER_STRATEGY:
+        np.testing.assert_array_equal(d.indices, t.index[pos])
+    np.testing.assert_allclose(d.scores, t.rpr[[rows[int(i)] for i in d.indices]])
+
+
+def test_shares_are_counted_from_the_labels(demo) -> None:
+    r, _ = demo
+    for name, sel in r.selections.items():
+        y = r.pool_labels[sel.indices]
+        assert r.rare_share(name) == pytest.approx(np.isin(y, RARE).mean())
+        wrong = (r.predicted[sel.indices] != y).mean()
+        assert r.wrong_share(name) == pytest.approx(wrong)
+    assert r.rare_share_pool == pytest.approx(np.isin(r.pool_labels, RARE).mean())
+    assert r.enrichment == pytest.approx(r.rare_share(DEFAULT_STRATEGY) / r.rare_share_pool)
+
+
+def test_files_hold_the_same_proposals(demo) -> None:
+    r, out = demo
+    with open(out / "d" / "scores.csv") as fh:
         scores = list(csv.DictReader(fh))
-    assert len(scores) == 899  # the held-out half of the 1797 digits
-    rpr = np.array([float(r["rpr"]) for r in scores])
-    assert (np.diff(rpr) >= 0).all() and ((rpr >= 0) & (rpr <= 1)).all()
-    with open(out / "proposals.csv") as fh:
+    rpr = np.array([float(s["rpr"]) for s in scores])
+    assert len(scores) == 899 and (np.diff(rpr) >= 0).all()
+    with open(out / "d" / "proposals.csv") as fh:
         props = list(csv.DictReader(fh))
-    assert len(props) == 5
-    np.testing.assert_allclose([float(p["rpr"]) for p in props], rpr[:5], rtol=1e-12)
-    assert {p["digit"] for p in props} <= {str(d) for d in range(10)}
-    # the per-digit "proposed" column adds up to n
-    rows = [
-        line
-        for line in text.splitlines()
-        if line.startswith("| ") and line.split("|")[1].strip().isdigit()
-    ][:10]
-    assert sum(int(r.split("|")[7]) for r in rows) == 5
+    for name, sel in r.selections.items():
+        mine = [p for p in props if p["strategy"] == name]
+        assert [int(p["index"]) for p in mine] == sel.indices.tolist()
+        assert [int(p["digit"]) for p in mine] == r.pool_labels[sel.indices].tolist()
     for name in ("rpr_by_digit.png", "proposals_vs_base.png", "proposals_grid.png"):
-        assert (out / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", name
+        assert (out / "d" / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", name
 
 
 def test_demo_is_reproducible(tmp_path: Path) -> None:
-    from rprselect.demo import run_demo
-
     with open(tmp_path / "a.txt", "w") as fa, open(tmp_path / "b.txt", "w") as fb:
         a = run_demo(out=tmp_path / "a", n=4, epochs=1, stream=fa)
         b = run_demo(out=tmp_path / "b", n=4, epochs=1, stream=fb)
-    text_a, text_b = ((tmp_path / f"{x}.txt").read_text() for x in "ab")
-    # the first line holds timings and the file list the output folder
-    strip = lambda t: t.split("\n", 1)[1].split("Files:")[0]  # noqa: E731
-    assert strip(text_a) == strip(text_b)
     np.testing.assert_array_equal(a.scores.rpr_curve, b.scores.rpr_curve)
-    assert a.selection.ids == b.selection.ids
-    assert 0 < a.rare_share_pool < 1 and a.enrichment >= 0
+    for name in a.selections:
+        assert a.selections[name].ids == b.selections[name].ids
 
 
 def test_demo_rejects_a_bad_n_before_training(tmp_path: Path, capsys) -> None:
