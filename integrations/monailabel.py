@@ -20,6 +20,7 @@ Needs MONAI Label (``pip install 'rprselect[monailabel]'``, then see scripts/ins
 from __future__ import annotations
 
 import hashlib
+import logging
 import math
 import time
 import warnings
@@ -44,6 +45,8 @@ except ImportError as _err:  # pragma: no cover - depends on the environment
     raise ImportError(f"rprselect.integrations.monailabel needs MONAI Label: {_EXTRA}") from _err
 
 __all__ = ["RPRScoring", "RPRStrategy", "Proposal", "propose", "ranked_images"]
+
+logger = logging.getLogger(__name__)
 
 _SOLVERS = ("auto", "dense", "lanczos", "slepc")
 
@@ -269,8 +272,15 @@ class RPRScoring(ScoringMethod):
                 reason = f"{type(err).__name__}: {' '.join(str(err).split())[:500]}"
                 failures.append({"id": image_id, "error": reason})
                 update.update({self.key: None, f"{self.key}_error": reason})
+                logger.warning(f"RPR: {image_id} could not be scored: {reason}")
+            else:
+                logger.info(f"RPR: {image_id} {self.key}={update[self.key]:.6g} (k={k})")
             update[f"{self.key}_ts"] = int(time.time())
             datastore.update_image_info(image_id, update)
+        logger.info(
+            f"RPR: {len(images)} unlabelled, {skipped} up to date, {executed} scored, "
+            f"{len(failures)} failed, model {version}, k={k}, device {device}"
+        )
         return {
             "total": len(images),
             "skipped": skipped,

@@ -8,11 +8,11 @@ unlabelled volume and ``RPRStrategy`` serves the lowest first. Start it with
         --conf skip_scoring false --conf skip_strategies false
 
 Options (``--conf NAME VALUE``): ``k`` (singular triplets, default 4), ``roi_size`` (window
-edge, default 32), ``filters`` and ``depth`` of the network, ``skip_scoring`` and
+edge, default 32), ``filters``, ``depth`` and ``seed`` of the network, ``skip_scoring`` and
 ``skip_strategies`` (both default ``true``, as in MONAI Label's radiology app). Weights are
 read from ``model/pocket_unet.pt`` beside this file when present (a ``state_dict`` saved with
 ``torch.save({"model": net.state_dict()}, path)``); without them the network keeps its random
-initial weights, which is enough to try the workflow.
+initial weights (seeded), which is enough to try the workflow.
 """
 
 from __future__ import annotations
@@ -21,6 +21,7 @@ import logging
 import os
 from typing import Any
 
+import torch
 from monai.inferers import Inferer, SimpleInferer, SlidingWindowInferer
 from monai.transforms import (
     Activationsd,
@@ -91,13 +92,17 @@ class RPRApp(MONAILabelApp):
         conf = conf or {}
         self.k = int(conf.get("k", "4"))
         self.roi = int(conf.get("roi_size", "32"))
-        self.network = PocketUNet(
-            in_channels=1,
-            out_channels=2,
-            dims=3,
-            depth=int(conf.get("depth", "3")),
-            filters=int(conf.get("filters", "8")),
-        )
+        # Seeded, so that without a checkpoint the server and the scoring subprocesses that
+        # MONAI Label starts build the same weights (a new model version means a new score).
+        with torch.random.fork_rng():
+            torch.manual_seed(int(conf.get("seed", "0")))
+            self.network = PocketUNet(
+                in_channels=1,
+                out_channels=2,
+                dims=3,
+                depth=int(conf.get("depth", "3")),
+                filters=int(conf.get("filters", "8")),
+            )
         self.model_path = os.path.join(app_dir, "model", "pocket_unet.pt")
         super().__init__(
             app_dir=app_dir,
