@@ -21,8 +21,9 @@ import torch
 from torch import Tensor, nn
 
 from rprselect.batches import ranked_batch
+from rprselect.registry import Labelled
 from rprselect.scoring import score
-from rprselect.select import select
+from rprselect.select import DEFAULT_STRATEGY, select
 from rprselect.table import ScoreTable
 
 __all__ = ["rpr_sampling", "rpr_batch_sampling", "find_module", "pool_tensor"]
@@ -123,11 +124,14 @@ def _score(
 def rpr_sampling(
     classifier: Any, X: Any, n_instances: int = 1, k: int | None = None, **kw: Any
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Query the ``n_instances`` samples of X with the lowest RPR (paper Eq. 10).
+    """Query ``n_instances`` samples of X by :data:`rprselect.select.DEFAULT_STRATEGY` (the
+    strategy the recorded rule of docs/acquisition.md chose), or by ``strategy=``: e.g. the
+    paper's ``"lowest"``, the lowest RPR (Eq. 10) first,
 
     .. math:: \\mathrm{RPR}(x; k) = \\frac{\\|V_k V_k^T x\\|_2^2}{\\|x\\|_2^2}
 
     A low RPR means x lies near the nullspace of A[x], where the network is likely to fail.
+    Stratified strategies count the learner's ``y_training`` per class.
 
     Example:
         ``ActiveLearner(estimator=net, query_strategy=rpr_sampling, X_training=X0,
@@ -140,14 +144,15 @@ def rpr_sampling(
         n_instances: how many to query, ``1 <= n_instances <= N``.
         k: singular triplets per sample; ``None`` takes ``min(10, number of classes)``
             (2 for a binary classifier), see :class:`~rprselect.ScoreSettings`.
-        **kw: ``input_shape`` (see :func:`pool_tensor`), ``rng`` (tie breaking, see
+        **kw: ``strategy`` (any name :func:`~rprselect.select.select` takes), ``input_shape``
+            (see :func:`pool_tensor`), ``rng`` (tie breaking, see
             :func:`~rprselect.select.select`), and any keyword of
             :func:`~rprselect.scoring.score` (``tol``, ``solver``, ``batch_size``,
             ``device``, ``method``, ``config``; ``progress`` defaults to ``False`` here).
 
     Returns:
-        ``(indices, scores)``: positions in X, lowest RPR first, and their RPR at rank k,
-        both ``(n_instances,)`` (the modAL 0.4.2 strategy contract).
+        ``(indices, scores)``: positions in X in picking order and their RPR at rank k, both
+        ``(n_instances,)`` (the modAL 0.4.2 strategy contract).
 
     Raises:
         ValueError: ``n_instances`` out of range, bad scoring settings or samples.
@@ -155,8 +160,11 @@ def rpr_sampling(
             non-integer ``n_instances``.
     """
     rng = kw.pop("rng", None)
+    strategy = kw.pop("strategy", DEFAULT_STRATEGY)
     _, table = _score(classifier, X, n_instances, k, kw)
-    chosen = select(table, n_instances, "lowest", rng=rng)
+    y = getattr(classifier, "y_training", None)
+    labelled = Labelled(y=np.asarray(y, dtype=np.int64)) if y is not None and len(y) else None
+    chosen = select(table, n_instances, strategy, rng=rng, labelled=labelled)
     return chosen.indices, chosen.scores
 
 

@@ -259,7 +259,17 @@ def build_parser(argv: Sequence[str] = ()) -> argparse.ArgumentParser:
     )
     se.add_argument("--scores", required=True, help="CSV from `rprselect score`")
     se.add_argument("--n", type=int, required=True, help="how many to propose")
-    se.add_argument("--strategy", default="lowest", choices=["lowest", "diverse"])
+    from .registry import ACQUISITIONS, PRESETS
+    from .select import DEFAULT_STRATEGY
+
+    se.add_argument(
+        "--strategy",
+        default=DEFAULT_STRATEGY,
+        choices=sorted({"lowest", "diverse", *ACQUISITIONS, *PRESETS} - {"jacobian_frobenius"}),
+        metavar="NAME",
+        help=f"default {DEFAULT_STRATEGY} (docs/acquisition.md); the paper's rule: lowest; "
+        "strategies that need logits fall back to lowest when the CSV has none",
+    )
     se.add_argument("--out", help="CSV to write (default: print)")
     se.add_argument("--plot", help="PNG of the proposals (with --pool) and the RPR histogram")
     se.add_argument("--pool", help="the scored pool (folder, file or glob), for --plot")
