@@ -3,7 +3,10 @@
 It follows MONAI's handler convention (``attach(engine)`` / ``__call__(engine)``, like
 ``monai.handlers.ValidationHandler``): attached to a ``SupervisedTrainer``, it scores an
 unlabelled pool with the network as it is at the end of an epoch, and stores and writes the
-samples with the lowest RPR (paper Eq. 10). Volumes larger than the training patches are
+samples that :func:`~rprselect.select.select` proposes: by default
+:data:`~rprselect.select.DEFAULT_STRATEGY` (chosen by the recorded rule of docs/acquisition.md),
+which falls back to the paper's rule, the lowest RPR (Eq. 10), when the model's outputs are too
+large to keep (segmentation). Volumes larger than the training patches are
 scored through sliding windows, as the paper does with MONAI's inferer (Section 1.4), with
 :func:`~rprselect.sliding.sliding_window_operator`.
 
@@ -23,8 +26,9 @@ from torch import nn
 
 from rprselect.linearize import Method
 from rprselect.modes import eval_mode
+from rprselect.registry import preset_of
 from rprselect.scoring import score
-from rprselect.select import select
+from rprselect.select import DEFAULT_STRATEGY, select
 from rprselect.sliding import BlendMode, sliding_window_operator
 from rprselect.solvers import SolverConfig
 from rprselect.table import ScoreTable
@@ -41,13 +45,13 @@ def _positive_int(name: str, value: object) -> int:
 
 
 class RPRHandler:
-    """Score a pool every ``every`` epochs and propose the ``n_propose`` lowest-RPR samples.
+    """Score a pool every ``every`` epochs and propose ``n_propose`` samples by ``strategy``.
 
     At each firing the handler puts the network in eval mode, computes RPR(x; k) of every pool
     sample, restores each module's previous mode (train mode during training) and then
 
     - sets ``engine.state.rpr_proposals``: a list of ``{"rank", "id", "index", "rpr",
-      "converged"}`` dicts, lowest RPR first;
+      "converged"}`` dicts, in picking order (lowest RPR first for ``"lowest"``);
     - sets ``engine.state.rpr_scores``: the whole :class:`~rprselect.scoring.ScoreTable`;
     - writes ``output_dir/rpr_epoch{N}.json`` with the epoch, the settings and the proposals,
       and with ``plot=True`` ``output_dir/rpr_epoch{N}.png``: the proposed samples with their RPR (middle axial
@@ -79,6 +83,9 @@ class RPRHandler:
         progress: show a progress bar while scoring.
         plot: write the PNG beside the JSON at every firing (needs matplotlib; without it a
             warning says so and only the JSON is written).
+        strategy: any name :func:`~rprselect.select.select` takes; ``None`` is
+            :data:`~rprselect.select.DEFAULT_STRATEGY`. A strategy that needs the model's
+            outputs uses ``"lowest"`` (the paper's rule) when the table holds no logits.
 
     Raises:
         ValueError: ``every``, ``n_propose``, ``k`` or ``sw_batch_size`` below 1, an
@@ -110,6 +117,7 @@ class RPRHandler:
         network: nn.Module | None = None,
         progress: bool = False,
         plot: bool = False,
+        strategy: str | None = None,
     ) -> None:
         self.pool = pool
         self.every = _positive_int("every", every)
@@ -139,6 +147,9 @@ class RPRHandler:
         self.network = network
         self.progress = progress
         self.plot = plot
+        self.strategy = DEFAULT_STRATEGY if strategy is None else strategy
+        if self.strategy not in ("lowest", "diverse"):
+            preset_of(self.strategy)  # a ValueError naming every known strategy
         self.history_: dict[int, list[dict[str, Any]]] = {}
 
     def attach(self, engine: Any) -> None:
@@ -164,7 +175,7 @@ class RPRHandler:
         epoch = int(engine.state.epoch)
         with eval_mode(network):
             table = self.score(network)
-        chosen = select(table, min(self.n_propose, len(table)))
+        chosen = select(table, min(self.n_propose, len(table)), self.strategy)
         rows = {int(i): r for r, i in enumerate(table.index)}
         proposals = [
             {
@@ -239,7 +250,7 @@ class RPRHandler:
                 self.pool if hasattr(self.pool, "__getitem__") else None,  # not a DataLoader
                 model=network,
                 path=Path(self.output_dir) / f"rpr_epoch{epoch}.png",  # type: ignore[arg-type]
-                title=f"epoch {epoch}: the {len(chosen)} lowest-RPR samples",
+                title=f"epoch {epoch}: {len(chosen)} proposals ({chosen.strategy})",
             )
         except ImportError as err:
             warnings.warn(f"RPRHandler wrote no PNG: {err}", UserWarning, stacklevel=2)
