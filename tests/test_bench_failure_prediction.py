@@ -185,6 +185,12 @@ def test_bad_data_is_a_clear_error(tmp_path: Path, capsys: pytest.CaptureFixture
     assert "--data must be digits, mnist, brats, npz:PATH or pngseg:DIR" in capsys.readouterr().err
     assert bench.main(["--quick", "--default-score", "nope", "--out", str(tmp_path)]) == 2
     assert "--default-score must be one of" in capsys.readouterr().err
+    assert bench.main(["--quick", "--rare", "1,x", "--out", str(tmp_path)]) == 2
+    assert "--rare must be class indices" in capsys.readouterr().err
+    assert (
+        bench.main(["--quick", "--weights", str(tmp_path / "no.pt"), "--out", str(tmp_path)]) == 2
+    )
+    assert "--weights must be a state-dict file" in capsys.readouterr().err
 
 
 def test_quick_npz_and_weights(tmp_path: Path) -> None:

@@ -117,13 +117,22 @@ def resolve(args: argparse.Namespace) -> dict[str, Any]:
         if getattr(args, key) is not None:
             s[key] = getattr(args, key)
     if args.rare is not None:
-        s["rare"] = () if args.rare in ("", "none") else tuple(int(c) for c in args.rare.split(","))
-    for key in ("k", "epochs", "n_boot", "probes"):
-        if s.get(key) is not None and s[key] < 1:
-            raise ValueError(f"--{key.replace('_', '-')} must be >= 1, got {s[key]}")
+        try:
+            s["rare"] = () if args.rare in ("", "none") else tuple(map(int, args.rare.split(",")))
+        except ValueError:
+            raise ValueError(
+                f"--rare must be class indices like 1,9 or none, got {args.rare!r}"
+            ) from None
+    for key, low in (("k", 1), ("epochs", 1), ("n_boot", 10), ("probes", 1)):
+        if s.get(key) is not None and s[key] < low:
+            raise ValueError(f"--{key.replace('_', '-')} must be >= {low}, got {s[key]}")
     if not s["tol"] > 0:
         raise ValueError(f"--tol must be > 0, got {s['tol']}")
-    s["n_boot"] = max(s["n_boot"], 10)
+    w = args.weights
+    if w is not None and head == "brats" and not (w / "splits.json").is_file():
+        raise ValueError(f"--weights for brats must be a `bench brats` output folder, got {w}")
+    if w is not None and head != "brats" and not w.is_file():
+        raise ValueError(f"--weights must be a state-dict file, got {w} (not a file)")
     return s
 
 
