@@ -54,9 +54,9 @@ class RPRHandler:
       "converged"}`` dicts, in picking order (lowest RPR first for ``"lowest"``);
     - sets ``engine.state.rpr_scores``: the whole :class:`~rprselect.scoring.ScoreTable`;
     - writes ``output_dir/rpr_epoch{N}.json`` with the epoch, the settings and the proposals,
-      and with ``plot=True`` ``output_dir/rpr_epoch{N}.png``: the proposed samples with their RPR (middle axial
-      slice of a volume, the network's prediction laid over it) and the pool's RPR histogram
-      with the proposals marked (:func:`rprselect.plots.plot_proposals`, as
+      and with ``plot=True`` ``output_dir/rpr_epoch{N}.png``: the proposed samples with their
+      RPR (middle axial slice of a volume, the network's prediction laid over it) and the
+      pool's RPR histogram with the proposals marked (:func:`rprselect.plots.plot_proposals`, as
       ``rprselect select --plot`` draws it);
     - appends the proposals to ``history_`` (a dict from epoch to proposals).
 
@@ -66,7 +66,8 @@ class RPRHandler:
             MONAI ``Dataset``), a ``DataLoader``, or a :class:`~rprselect.pool.FilePool`.
         every: fire at the end of every ``every``-th epoch.
         n_propose: how many samples to propose (fewer if the pool is smaller).
-        k: singular triplets per sample.
+        k: singular triplets per sample; ``None`` adapts to the model
+            (``min(10, min(m, n))``, see :class:`~rprselect.ScoreSettings`).
         roi_size: score each volume through sliding windows of this size, one int per spatial
             axis (one volume at a time); ``None`` scores whole samples in batches. Both go
             through :func:`~rprselect.score`.
@@ -101,7 +102,7 @@ class RPRHandler:
         pool: Any,
         every: int = 1,
         n_propose: int = 10,
-        k: int = 10,
+        k: int | None = None,
         roi_size: Sequence[int] | None = None,
         sw_batch_size: int = 4,
         overlap: float = 0.25,
@@ -122,7 +123,7 @@ class RPRHandler:
         self.pool = pool
         self.every = _positive_int("every", every)
         self.n_propose = _positive_int("n_propose", n_propose)
-        self.k = _positive_int("k", k)
+        self.k = None if k is None else _positive_int("k", k)
         if roi_size is not None and (
             isinstance(roi_size, (str, bytes))
             or not isinstance(roi_size, Sequence)
