@@ -249,7 +249,10 @@ class RPRScoring(ScoringMethod):
         """
         start = time.time()
         device = _device(request.get("device"))
-        k = _positive_int("k", request.get("k", self.k))
+        k = request.get("k", self.k)
+        if isinstance(k, str) and k.strip().isdigit():  # a client's option arrives as text
+            k = int(k)
+        k = _positive_int("k", k)
         network = self.network(device, request)
         version = _model_version(network)
         images = datastore.get_unlabeled_images(request.get("label_tag"), request.get("labels"))

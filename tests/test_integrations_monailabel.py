@@ -190,7 +190,7 @@ def test_new_weights_or_k_rescore_and_max_samples_caps(app_module, tmp_path):
     again = RPRScoring(task, k=K)({"device": "cpu"}, ds)
     assert (again["skipped"], again["executed"]) == (0, 3)
     assert all(ds.get_image_info(i)["rpr_model"] != old[i] for i in ids)
-    other_k = RPRScoring(task, k=K)({"device": "cpu", "k": 2}, ds)
+    other_k = RPRScoring(task, k=K)({"device": "cpu", "k": "2"}, ds)  # as a client sends it
     assert other_k["executed"] == 3 and all(ds.get_image_info(i)["rpr_k"] == 2 for i in ids)
 
 
