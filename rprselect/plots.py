@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import math
 import os
+import sys
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
@@ -263,6 +264,9 @@ def plot_from_files(
     if model is not None:
         from .checkpoints import load_model
 
+        cwd = os.getcwd()  # --model may name a module of the current folder, as in `score`
+        if not any(os.path.abspath(p or os.curdir) == cwd for p in sys.path):
+            sys.path.insert(0, cwd)
         net = load_model(model, weights)
     images = None
     if pool is not None:

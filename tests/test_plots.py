@@ -159,3 +159,24 @@ def test_core_and_plots_import_without_matplotlib():
     assert out.returncode == 0, out.stderr
     assert "rprselect[extras]" in out.stdout
     assert Path(rprselect.plots.__file__).name == "plots.py"
+
+
+def test_cli_select_plot_with_a_model_of_the_current_folder(tmp_path, monkeypatch, capsys):
+    torch.manual_seed(0)
+    (tmp_path / "tinynets.py").write_text(
+        "from torch import nn\n\n\ndef seg():\n"
+        "    return nn.Conv2d(1, 2, 3, padding=1, bias=False)\n"
+    )
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(sys, "path", [p for p in sys.path if p not in ("", str(tmp_path))])
+    X = _pool(4)
+    for i, x in enumerate(X):
+        np.save(tmp_path / f"v{i}.npy", x.numpy())
+    net = nn.Conv2d(1, 2, 3, padding=1, bias=False)
+    torch.save(net.state_dict(), tmp_path / "w.pt")
+    table = rprselect.score(net, X, k=2, progress=False, ids=[f"v{i}.npy" for i in range(4)])
+    table.ranked().to_csv(tmp_path / "s.csv")
+    argv = ["select", "--scores", "s.csv", "--n", "2", "--plot", "p.png", "--out", "p.csv"]
+    argv += ["--pool", "v*.npy", "--model", "tinynets:seg", "--weights", "w.pt"]
+    assert main(argv) == 0, capsys.readouterr().err
+    assert (tmp_path / "p.png").read_bytes()[:4] == b"\x89PNG"
