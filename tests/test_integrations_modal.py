@@ -65,7 +65,7 @@ def _oracle_rpr(module: nn.Module, X: np.ndarray, k: int) -> np.ndarray:
 def test_bare_module_queries_the_lowest_rpr(module, digits):
     X, _ = digits
     pool = X[:40]
-    idx, scores = rpr_sampling(module, pool, n_instances=5, k=6)
+    idx, scores = rpr_sampling(module, pool, n_instances=5, k=6, strategy="lowest")
     expected = _oracle_rpr(module, pool, 6)
     assert idx.shape == scores.shape == (5,)
     np.testing.assert_array_equal(idx, np.argsort(expected, kind="stable")[:5])
@@ -97,7 +97,7 @@ def test_active_learner_query(module, digits):
         estimator=net, query_strategy=rpr_sampling, X_training=X[:30], y_training=y[:30]
     )
     pool = X[30:90]
-    idx, chosen = learner.query(pool, n_instances=3, k=5)
+    idx, chosen = learner.query(pool, n_instances=3, k=5, strategy="lowest")
     expected = _oracle_rpr(learner.estimator.module_, pool, 5)
     np.testing.assert_array_equal(idx, np.argsort(expected, kind="stable")[:3])
     np.testing.assert_array_equal(chosen, pool[idx])

@@ -76,7 +76,9 @@ def _run(handler: RPRHandler, net: nn.Module, epochs: int):
 def test_fires_every_second_epoch_and_writes_json(tmp_path):
     net = _net()
     pool = _pool(5, (8, 8))
-    handler = _Spy(pool, every=2, n_propose=3, k=4, output_dir=tmp_path, solver="dense")
+    handler = _Spy(
+        pool, every=2, n_propose=3, k=4, output_dir=tmp_path, solver="dense", strategy="lowest"
+    )
     handler.modes = []
     engine, after = _run(handler, net, epochs=4)
 
