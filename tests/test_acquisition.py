@@ -212,3 +212,56 @@ class TestErrors:
             A.stratified_batch([1.0, 2.0], [0, 5], [1, 1], 1)
         with pytest.raises(ValueError, match="batch must be"):
             A.acquire("lowest", CURVE, 1, batch="greedy")
+
+
+class TestSelectByName:
+    """``rprselect.select`` with any acquisition name, on a table that kept its logits."""
+
+    @staticmethod
+    def _table(folder: Path, logits: bool = True) -> ScoreTable:
+        rng = np.random.default_rng(0)
+        curve = np.sort(rng.random((8, 3)), 1)
+        z = rng.normal(size=(8, 3))
+        head = "id,rpr," + ",".join(f"rpr_{r}" for r in (1, 2, 3))
+        head += ",logit_1,logit_2,logit_3" if logits else ""
+        lines = [head]
+        for i in range(8):
+            vals = [curve[i, -1], *curve[i]] + (list(z[i]) if logits else [])
+            lines.append(f"s{i}," + ",".join(repr(float(v)) for v in vals))
+        (folder / "t.csv").write_text("\n".join(lines) + "\n")
+        return ScoreTable.from_csv(folder / "t.csv")
+
+    def test_margin_by_name(self, tmp_path: Path) -> None:
+        from rprselect.select import select
+
+        t = self._table(tmp_path)
+        sel = select(t, 3, "margin")
+        u = A.margin(t.logits)
+        assert sel.indices.tolist() == np.argsort(-u, kind="stable")[:3].tolist()
+        np.testing.assert_allclose(sel.utility, u[sel.indices])
+        np.testing.assert_allclose(sel.scores, t.rpr[sel.indices])
+        assert sel.strategy == "margin"
+
+    def test_stratified_preset_counts_the_labelled_set(self, tmp_path: Path) -> None:
+        from rprselect.select import select
+
+        t = self._table(tmp_path)
+        pred = t.logits.argmax(1)
+        lab = A.Labelled(y=np.array([0, 0, 0, 1, 2, 2, 2]))
+        sel = select(t, 4, "margin_strat", labelled=lab)
+        want = A.stratified_batch(A.margin(t.logits), pred, lab.counts(3), 4, rng=0)
+        assert sel.indices.tolist() == want.tolist()
+
+    def test_without_logits_the_paper_rule_is_used(self, tmp_path: Path) -> None:
+        from rprselect.select import select
+
+        t = self._table(tmp_path, logits=False)
+        sel = select(t, 3, "margin_rpr_strat")
+        assert sel.strategy == "lowest"
+        assert sel.indices.tolist() == np.argsort(t.rpr, kind="stable")[:3].tolist()
+
+    def test_unknown_strategy(self, tmp_path: Path) -> None:
+        from rprselect.select import select
+
+        with pytest.raises(ValueError, match="strategy must be one of"):
+            select(self._table(tmp_path), 1, "smallest")
