@@ -54,8 +54,8 @@ class RPRHandler:
       "converged"}`` dicts, in picking order (lowest RPR first for ``"lowest"``);
     - sets ``engine.state.rpr_scores``: the whole :class:`~rprselect.scoring.ScoreTable`;
     - writes ``output_dir/rpr_epoch{N}.json`` with the epoch, the settings and the proposals,
-      and with ``plot=True`` ``output_dir/rpr_epoch{N}.png``: the proposed samples with their
-      RPR (middle axial slice of a volume, the network's prediction laid over it) and the
+      and (``plot=True``, the default) ``output_dir/rpr_epoch{N}.png``: the proposed samples
+      with their RPR (middle axial slice of a volume, the network's prediction laid over it) and the
       pool's RPR histogram with the proposals marked (:func:`rprselect.plots.plot_proposals`, as
       ``rprselect select --plot`` draws it);
     - appends the proposals to ``history_`` (a dict from epoch to proposals).
@@ -82,8 +82,8 @@ class RPRHandler:
         ids: one id per pool sample; default file names for a FilePool, else positions.
         network: the model to score; default ``engine.network`` (a MONAI trainer's).
         progress: show a progress bar while scoring.
-        plot: write the PNG beside the JSON at every firing (needs matplotlib; without it a
-            warning says so and only the JSON is written).
+        plot: write the PNG beside the JSON at every firing (the default; needs matplotlib,
+            without it a warning says so and only the JSON is written).
         strategy: any name :func:`~rprselect.select.select` takes; ``None`` is
             :data:`~rprselect.select.DEFAULT_STRATEGY`. A strategy that needs the model's
             outputs uses ``"lowest"`` (the paper's rule) when the table holds no logits.
@@ -117,7 +117,7 @@ class RPRHandler:
         ids: Sequence[str] | None = None,
         network: nn.Module | None = None,
         progress: bool = False,
-        plot: bool = False,
+        plot: bool = True,
         strategy: str | None = None,
     ) -> None:
         self.pool = pool
@@ -252,6 +252,7 @@ class RPRHandler:
                 model=network,
                 path=Path(self.output_dir) / f"rpr_epoch{epoch}.png",  # type: ignore[arg-type]
                 title=f"epoch {epoch}: {len(chosen)} proposals ({chosen.strategy})",
+                image_key=self.image_key,
             )
         except ImportError as err:
             warnings.warn(f"RPRHandler wrote no PNG: {err}", UserWarning, stacklevel=2)

@@ -97,7 +97,7 @@ def _chosen(
     return ids, np.asarray([table.rpr[rows[s]] for s in ids], dtype=np.float64)
 
 
-def _getter(images: Any, table: ScoreTable) -> Callable[[str], Any]:
+def _getter(images: Any, table: ScoreTable, image_key: str = "image") -> Callable[[str], Any]:
     """How to fetch the sample of an id from ``images``."""
     if callable(images) and not isinstance(images, nn.Module | Tensor):
         return images  # type: ignore[no-any-return]
@@ -115,7 +115,7 @@ def _getter(images: Any, table: ScoreTable) -> Callable[[str], Any]:
             if isinstance(item, tuple | list):  # (image, label) items
                 item = item[0]
             if isinstance(item, Mapping):
-                item = item["image"]
+                item = item[image_key]
             return item
 
         return by_position
@@ -144,6 +144,7 @@ def plot_proposals(
     columns: int = 6,
     bins: int = 30,
     title: str | None = None,
+    image_key: str = "image",
 ) -> Any:
     """Draw the proposed samples with their RPR and the pool's RPR histogram.
 
@@ -159,6 +160,7 @@ def plot_proposals(
         path: write the figure there as PNG (the folder is created).
         max_images: the montage shows at most this many proposals.
         columns: montage columns.
+        image_key: the image's key in dict items of ``images``.
         bins: histogram bins (log-spaced when the pool's RPR spans over two decades).
         title: figure title.
 
@@ -183,7 +185,7 @@ def plot_proposals(
     fig = Figure(figsize=(2.2 * max(ncol, 4), 2.4 * nrow + 2.8), layout="constrained")
     grid = fig.add_gridspec(nrow + 1, ncol, height_ratios=[1.0] * nrow + [1.15])
     if shown:
-        fetch = _getter(images, table)
+        fetch = _getter(images, table, image_key)
         for j, (sid, value) in enumerate(zip(shown, scores, strict=False)):
             ax = fig.add_subplot(grid[j // ncol, j % ncol])
             _tile(ax, fetch(sid), sid, float(value), j + 1, model)

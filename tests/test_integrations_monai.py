@@ -82,7 +82,15 @@ def test_fires_every_second_epoch_and_writes_json(tmp_path):
     handler.modes = []
     engine, after = _run(handler, net, epochs=4)
 
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["rpr_epoch2.json", "rpr_epoch4.json"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        "rpr_epoch2.json",
+        "rpr_epoch2.png",
+        "rpr_epoch4.json",
+        "rpr_epoch4.png",
+    ], "the JSON and the proposals picture every time the handler fires"
+    from PIL import Image
+
+    assert Image.open(tmp_path / "rpr_epoch4.png").size[0] > 100
     assert sorted(handler.history_) == [2, 4]
     assert handler.modes == [False, False]  # scored in eval mode
     assert after == [(e, True) for e in range(1, 5)]  # train mode restored
