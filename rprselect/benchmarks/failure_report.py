@@ -302,12 +302,13 @@ def _roc_figure(
 ) -> str:
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(5.5, 5), dpi=110)
-    for n in names:
+    for i, n in enumerate(names):
         fpr, tpr = roc_curve(utils[n], positive)
         ax.plot(
             fpr,
             tpr,
             lw=1.4,
+            color=plt.get_cmap("tab20")(i % 20),
             ls="-" if is_svd(n) != "no" else "--",
             label=f"{n} ({auroc(utils[n], positive):.3f})",
         )
@@ -335,6 +336,7 @@ def _shown(utils: dict[str, np.ndarray], positive: np.ndarray, default: str) -> 
         "energy",
         "jacobian_frobenius",
         "vim",
+        "margin_rpr",
     ]
     return [n for n in dict.fromkeys(want) if n is not None and n in utils]
 
