@@ -109,7 +109,8 @@ class TestQuickDigits:
         c = results["summary"]["classification"]
         assert c["n"] == 200 == len(wrong) and c["errors"] == int(wrong.sum()) > 0
         rows = {r["score"]: r for r in c["rows"]}
-        assert set(rows) == set(bench.score_names("classification", 10))
+        derived = {"margin_ratio", "margin_shuffled_rpr"}
+        assert set(rows) == set(bench.score_names("classification", 10)) | derived
         np.testing.assert_array_equal(utils["lowest"], -curve[:, -1])
         np.testing.assert_array_equal(utils["rpr@3"], -curve[:, 2])
         sk = pytest.importorskip("sklearn.metrics")
@@ -123,6 +124,15 @@ class TestQuickDigits:
         want = wrong[top].mean() / wrong.mean()
         assert rows["max_softmax"]["enrichment"] == pytest.approx(want)
         assert rows["max_softmax"]["diff"] == 0.0
+        # the fusion's controls, by hand: margin weighted by the min-max scaled ||f||/||x||
+        conf = -utils["output_input_ratio"]
+        by_hand = (1 + utils["margin"]) * (1 - (conf - conf.min()) / (conf.max() - conf.min()))
+        assert rows["margin_ratio"]["auroc"] == pytest.approx(auroc(by_hand, wrong))
+        assert rows["margin_shuffled_rpr"]["svd"] == "control"
+        f = c["fusion"]["margin_ratio"]
+        assert f["diff"] == pytest.approx(
+            rows["margin_rpr"]["auroc"] - rows["margin_ratio"]["auroc"]
+        )
         t = c["target"]
         assert t["met"] == (rows["lowest"]["auroc"] >= rows["max_softmax"]["auroc"])
         assert c["svd"]["best_control"] in ("output_input_ratio", "max_logit", "energy",

@@ -290,6 +290,7 @@ def _load(path: Path) -> dict[str, Any]:
 
 def _run(args: argparse.Namespace, s: dict[str, Any], out: Path) -> int:
     from rprselect.benchmarks import failure_report as rep
+    from rprselect.benchmarks.failure_plots import plot
 
     t0 = time.perf_counter()
     seconds: dict[str, float] = {}
@@ -317,7 +318,7 @@ def _run(args: argparse.Namespace, s: dict[str, Any], out: Path) -> int:
         print(f"[{unit.name}] {len(unit.ids)} samples, {seconds[f'score {unit.name}']:.1f} s",
               flush=True)  # fmt: skip
     summary = rep.summarise(units, results, s, args.default_score, args.seed)
-    figures = rep.plot(out, units, results, s, args.default_score)
+    figures = plot(out, units, results, s, args.default_score)
     seconds["total"] = time.perf_counter() - t0
     payload = {
         "settings": {**s, "seed": args.seed, "default_score": args.default_score},

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -16,11 +15,10 @@ from rprselect.benchmarks.failure_metrics import (
     bootstrap_replicates,
     enrichment,
     interval,
-    roc_curve,
     top_mean,
 )
 
-__all__ = ["summarise", "markdown", "plot", "is_svd", "CONTROLS"]
+__all__ = ["summarise", "markdown", "is_svd", "levels", "fusion_controls", "CONTROLS"]
 
 #: SVD-free controls named by the issue: if one matches RPR, the SVD adds nothing there
 CONTROLS: tuple[str, ...] = ("output_input_ratio", "max_logit", "energy", "jacobian_frobenius")
@@ -29,9 +27,11 @@ _FUSIONS = ("margin_rpr", "rank_entropy", "vim")
 
 
 def is_svd(name: str) -> str:
-    """``"SVD"``, ``"fusion"`` (SVD + logits) or ``"no"``."""
+    """``"SVD"``, ``"fusion"`` (SVD + logits), ``"control"`` (a shuffled RPR) or ``"no"``."""
     if name in _SVD_ONLY or name.startswith("rpr@"):
         return "SVD"
+    if name == "margin_shuffled_rpr":
+        return "control"
     return "fusion" if name in _FUSIONS else "no"
 
 
@@ -63,8 +63,44 @@ def _svd_verdict(reps: dict[str, np.ndarray], points: dict[str, float]) -> dict[
     return dict(best_svd=best_svd, best_control=best_ctl, diff=diff, lo=lo, hi=hi, verdict=verdict)
 
 
+def fusion_controls(res: dict[str, Any], seed: int) -> dict[str, np.ndarray]:
+    """SVD-free and shuffled counterparts of ``margin_rpr`` (derived from the saved scores).
+
+    With :math:`m(x) = 1 - (p_{(1)} - p_{(2)})` and :math:`\\rho_k` the RPR at rank k,
+    ``margin_rpr`` is :math:`m(x)(1 - \\rho_k(x))`. Its controls replace :math:`\\rho_k` by
+
+    - ``margin_ratio``: :math:`\\|f(x)\\|/\\|x\\|` min-max scaled to [0, 1] over the test set
+      (what :math:`\\rho_C` reduces to, without the SVD);
+    - ``margin_shuffled_rpr``: :math:`\\rho_k` of another sample (a random permutation), which
+      keeps its distribution but breaks its link to x.
+    """
+    u = res["utilities"]
+    m = 1.0 + np.asarray(u["margin"])
+    conf = -np.asarray(u["output_input_ratio"])
+    span = float(np.ptp(conf))
+    scaled = (conf - conf.min()) / span if span > 0 else np.zeros_like(conf)
+    rho = np.asarray(res["rpr_curve"])[:, -1]
+    shuffled = np.random.default_rng(seed).permutation(rho)
+    return {
+        "margin_ratio": m * (1.0 - scaled),
+        "margin_shuffled_rpr": m * np.clip(1.0 - shuffled, 0.0, 1.0),
+    }
+
+
+def _fusion_verdict(reps: dict[str, np.ndarray], points: dict[str, float]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for other in ("margin", "margin_ratio", "margin_shuffled_rpr"):
+        if "margin_rpr" in points and other in points:
+            lo, hi = interval(reps["margin_rpr"] - reps[other])
+            out[other] = dict(diff=points["margin_rpr"] - points[other], lo=lo, hi=hi)
+    return out
+
+
 def _classification(res: dict[str, Any], s: dict[str, Any], default: str, seed: int) -> dict:
-    utils, wrong = res["utilities"], np.asarray(res["wrong"], dtype=bool)
+    wrong = np.asarray(res["wrong"], dtype=bool)
+    utils = dict(res["utilities"])
+    if "margin_rpr" in utils:
+        utils.update(fusion_controls(res, seed))
     reps = bootstrap_replicates(utils, wrong, s["n_boot"], seed)
     points = {n: auroc(u, wrong) for n, u in utils.items()}
     rows = []
@@ -104,6 +140,7 @@ def _classification(res: dict[str, Any], s: dict[str, Any], default: str, seed: 
         rows=rows,
         target=target,
         svd=_svd_verdict(reps, points),
+        fusion=_fusion_verdict(reps, points),
     )
 
 
@@ -159,7 +196,7 @@ def _level(units: list[Any], results: dict[str, Any], s: dict[str, Any], seed: i
     )
 
 
-def _levels(units: Sequence[Any]) -> dict[str, list[Any]]:
+def levels(units: Sequence[Any]) -> dict[str, list[Any]]:
     out: dict[str, list[Any]] = {}
     for u in units:
         level = "volumes" if u.roi_size is not None else "slices" if "_2d" in u.name else "images"
@@ -173,7 +210,7 @@ def summarise(
     """Every number of the report, JSON-able."""
     if s["kind"] == "classification":
         return {"classification": _classification(results[units[0].name], s, default, seed)}
-    return {lvl: _level(us, results, s, seed) for lvl, us in _levels(units).items()}
+    return {lvl: _level(us, results, s, seed) for lvl, us in levels(units).items()}
 
 
 def _class_md(c: dict[str, Any]) -> list[str]:
@@ -206,6 +243,18 @@ def _class_md(c: dict[str, Any]) -> list[str]:
         f"{t['max_softmax']:.3f}, difference {_ci(t['diff'], t['diff_lo'], t['diff_hi'])}: "
         f"**{'met' if t['met'] else 'missed'}**.",
         f"SVD against the SVD-free controls ({', '.join(CONTROLS)}): {c['svd']['verdict']}.",
+    ] + _fusion_md(c.get("fusion", {}))
+
+
+def _fusion_md(f: dict[str, Any]) -> list[str]:
+    if not f:
+        return []
+    parts = [f"{k} {_ci(v['diff'], v['lo'], v['hi'])}" for k, v in f.items()]
+    return [
+        "Does the SVD help inside the fusion? AUROC of margin_rpr minus that of: "
+        + "; ".join(parts)
+        + " (margin_ratio: the margin weighted by the SVD-free ||f(x)||/||x||, min-max scaled; "
+        "margin_shuffled_rpr: weighted by the RPR of a random other sample)."
     ]
 
 
@@ -286,124 +335,3 @@ def _info(i: dict[str, Any]) -> str:
     return ", ".join(
         f"{k}={i[k]:.3f}" if isinstance(i.get(k), float) else f"{k}={i[k]}" for k in keys if k in i
     )
-
-
-def _pyplot() -> Any:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
-
-
-def _roc_figure(
-    path: Path, utils: dict[str, np.ndarray], positive: np.ndarray, title: str, names: Sequence[str]
-) -> str:
-    plt = _pyplot()
-    fig, ax = plt.subplots(figsize=(5.5, 5), dpi=110)
-    for i, n in enumerate(names):
-        fpr, tpr = roc_curve(utils[n], positive)
-        ax.plot(
-            fpr,
-            tpr,
-            lw=1.4,
-            color=plt.get_cmap("tab20")(i % 20),
-            ls="-" if is_svd(n) != "no" else "--",
-            label=f"{n} ({auroc(utils[n], positive):.3f})",
-        )
-    ax.plot([0, 1], [0, 1], color="grey", lw=0.8)
-    ax.set(xlabel="false-positive rate", ylabel="true-positive rate", title=title)
-    ax.legend(fontsize=7, loc="lower right")
-    fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
-    return path.name
-
-
-def _shown(utils: dict[str, np.ndarray], positive: np.ndarray, default: str) -> list[str]:
-    ranks = [n for n in utils if n.startswith("rpr@")]
-    best = max(ranks, key=lambda n: auroc(utils[n], positive)) if ranks else None
-    want = [
-        default,
-        "lowest",
-        best,
-        "rank_mean",
-        "class_conditional",
-        "max_softmax",
-        "margin",
-        "output_input_ratio",
-        "energy",
-        "jacobian_frobenius",
-        "vim",
-        "margin_rpr",
-    ]
-    return [n for n in dict.fromkeys(want) if n is not None and n in utils]
-
-
-def plot(
-    out: Path, units: Sequence[Any], results: dict[str, Any], s: dict[str, Any], default: str
-) -> dict[str, str]:
-    """ROC curves (and score against Dice for segmentation); returns name -> file."""
-    if s["kind"] == "classification":
-        r = results[units[0].name]
-        wrong = np.asarray(r["wrong"], dtype=bool)
-        title = f"{s['data']}: ROC for 'the model is wrong here'"
-        shown = _shown(r["utilities"], wrong, default)
-        return {"roc": _roc_figure(out / "roc.png", r["utilities"], wrong, title, shown)}
-    figures: dict[str, str] = {}
-    for level, us in _levels(units).items():
-        keep = [np.asarray(results[u.name]["has_fg"], dtype=bool) for u in us]
-        dice = np.concatenate([results[u.name]["dice"][m] for u, m in zip(us, keep, strict=True)])
-        if dice.size < 2:
-            continue
-        utils = {
-            n: np.concatenate(
-                [results[u.name]["utilities"][n][m] for u, m in zip(us, keep, strict=True)]
-            )
-            for n in results[us[0].name]["utilities"]
-        }
-        worst = dice <= np.quantile(dice, 0.25)
-        figures[f"roc_{level}"] = _roc_figure(
-            out / f"roc_worst_quartile_{level}.png",
-            utils,
-            worst,
-            f"{level}: ROC for 'Dice in the worst quartile'",
-            _shown(utils, worst, default),
-        )
-        unit_of = np.concatenate([np.full(int(m.sum()), i) for i, m in enumerate(keep)])
-        figures[f"scatter_{level}"] = _scatter(
-            out / f"score_vs_dice_{level}.png", utils, dice, unit_of, s["k"], level
-        )
-    return figures
-
-
-def _scatter(
-    path: Path,
-    utils: dict[str, np.ndarray],
-    dice: np.ndarray,
-    unit_of: np.ndarray,
-    k: int,
-    level: str,
-) -> str:
-    plt = _pyplot()
-    panels = [
-        ("lowest", f"RPR@{k}"),
-        ("rank_mean", "mean RPR, ranks 1..k"),
-        ("max_softmax", "mean max softmax"),
-        ("output_input_ratio", "||f(x)|| / ||x||"),
-        ("jacobian_frobenius", "Hutchinson ||A[x]||_F^2"),
-    ]
-    fig, axes = plt.subplots(1, len(panels), figsize=(3.2 * len(panels), 3.2), dpi=100)
-    for ax, (name, label) in zip(axes, panels, strict=True):
-        conf = -utils[name]
-        ax.scatter(conf, dice, c=unit_of, cmap="tab10", s=10, vmin=0, vmax=9)
-        rho, p = spearman(conf.tolist(), dice.tolist())
-        ax.set(xlabel=label, title=f"ρ = {rho:.2f} (p = {p:.2g})")
-        if name == "jacobian_frobenius":
-            ax.set_xscale("log")
-    axes[0].set_ylabel(f"Dice ({level})")
-    fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
-    return path.name
