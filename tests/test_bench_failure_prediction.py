@@ -133,8 +133,11 @@ class TestQuickDigits:
         assert f["diff"] == pytest.approx(
             rows["margin_rpr"]["auroc"] - rows["margin_ratio"]["auroc"]
         )
-        t = c["target"]
-        assert t["met"] == (rows["lowest"]["auroc"] >= rows["max_softmax"]["auroc"])
+        t, paper = c["target"], c["paper_rule"]
+        assert t["default"] == bench.library_default() == results["settings"]["default_score"]
+        assert paper["default"] == "lowest"
+        assert paper["met"] == (rows["lowest"]["auroc"] >= rows["max_softmax"]["auroc"])
+        assert t["diff"] == rows[t["default"]]["auroc"] - rows["max_softmax"]["auroc"]
         assert c["svd"]["best_control"] in ("output_input_ratio", "max_logit", "energy",
                                             "jacobian_frobenius")  # fmt: skip
 

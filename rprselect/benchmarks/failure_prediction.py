@@ -75,7 +75,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     a("--rare-keep", type=float, default=None, help="fraction of each rare class kept")
     a("--test-subset", type=int, default=None, help="score only this many test samples")
     a("--ref-subset", type=int, default=None, help="labelled reference samples (calibration)")
-    a("--default-score", default="lowest", help="the score the target compares to max-softmax")
+    a(
+        "--default-score",
+        default=None,
+        help="the score the target compares to max-softmax (default: select's DEFAULT_STRATEGY)",
+    )
     a("--n-boot", type=int, default=1000, help="bootstrap resamples (default 1000)")
     a("--probes", type=int, default=8, help="Hutchinson probes of jacobian_frobenius")
     a("--level", choices=("slices", "volumes", "both"), default="both", help="brats level")
@@ -336,12 +340,25 @@ def _run(args: argparse.Namespace, s: dict[str, Any], out: Path) -> int:
     return 0
 
 
+def library_default() -> str:
+    """``rprselect.select.DEFAULT_STRATEGY`` when it names a score, else the paper's ``lowest``."""
+    from rprselect.acquisition import ACQUISITIONS
+
+    try:
+        from rprselect.select import DEFAULT_STRATEGY
+    except ImportError:
+        return "lowest"
+    return DEFAULT_STRATEGY if DEFAULT_STRATEGY in ACQUISITIONS else "lowest"
+
+
 def run(args: argparse.Namespace) -> int:
     """Run the benchmark with parsed ``args``; returns the exit status."""
     try:
         s = resolve(args)
         from rprselect.acquisition import ACQUISITIONS
 
+        if args.default_score is None:
+            args.default_score = library_default()
         if args.default_score not in ACQUISITIONS and not args.default_score.startswith("rpr@"):
             raise ValueError(
                 f"--default-score must be one of {sorted(ACQUISITIONS)} or rpr@R, "

@@ -121,24 +121,28 @@ def _classification(res: dict[str, Any], s: dict[str, Any], default: str, seed: 
                 **enr,
             )
         )
-    d = next(r for r in rows if r["score"] == default)
-    target = dict(
-        name="the default score's AUROC >= max-softmax's (issue 12 sets it on the MNIST "
-        "unbalanced model)",
-        default=default,
-        auroc=d["auroc"],
-        max_softmax=points["max_softmax"],
-        diff=d["diff"],
-        diff_lo=d["diff_lo"],
-        diff_hi=d["diff_hi"],
-        met=bool(d["diff"] >= 0),
-    )
+
+    def target(name: str) -> dict[str, Any]:
+        d = next(r for r in rows if r["score"] == name)
+        return dict(
+            name="the default score's AUROC >= max-softmax's (issue 12 sets it on the MNIST "
+            "unbalanced model)",
+            default=name,
+            auroc=d["auroc"],
+            max_softmax=points["max_softmax"],
+            diff=d["diff"],
+            diff_lo=d["diff_lo"],
+            diff_hi=d["diff_hi"],
+            met=bool(d["diff"] >= 0),
+        )
+
     return dict(
         n=int(wrong.size),
         errors=int(wrong.sum()),
         error_rate=float(wrong.mean()),
         rows=rows,
-        target=target,
+        target=target(default),
+        paper_rule=target("lowest"),
         svd=_svd_verdict(reps, points),
         fusion=_fusion_verdict(reps, points),
     )
@@ -233,17 +237,28 @@ def _class_md(c: dict[str, Any]) -> list[str]:
         ]
         for r in c["rows"]
     ]
-    t = c["target"]
-    return [
+    lines = [
         f"{c['n']} test samples, {c['errors']} misclassified (base error rate "
         f'{c["error_rate"]:.3f}). AUROC for "the model is wrong here"; enrichment = error rate '
         f"among the 10% most suspicious / base rate.",
         markdown_table(header, body),
-        f"Target ({t['name']}): {t['default']} {t['auroc']:.3f} vs max_softmax "
-        f"{t['max_softmax']:.3f}, difference {_ci(t['diff'], t['diff_lo'], t['diff_hi'])}: "
-        f"**{'met' if t['met'] else 'missed'}**.",
-        f"SVD against the SVD-free controls ({', '.join(CONTROLS)}): {c['svd']['verdict']}.",
-    ] + _fusion_md(c.get("fusion", {}))
+    ]
+    for key, who in (("target", "the default"), ("paper_rule", "the paper's rule")):
+        t = c.get(key)
+        if t is None or (key == "paper_rule" and t["default"] == c["target"]["default"]):
+            continue
+        lines.append(
+            f"Target ({t['name']}), {who}: {t['default']} {t['auroc']:.3f} vs max_softmax "
+            f"{t['max_softmax']:.3f}, difference {_ci(t['diff'], t['diff_lo'], t['diff_hi'])}: "
+            f"**{'met' if t['met'] else 'missed'}**."
+        )
+    return (
+        lines
+        + [
+            f"SVD against the SVD-free controls ({', '.join(CONTROLS)}): {c['svd']['verdict']}.",
+        ]
+        + _fusion_md(c.get("fusion", {}))
+    )
 
 
 def _fusion_md(f: dict[str, Any]) -> list[str]:
