@@ -5,10 +5,11 @@ bias-free :class:`~rprselect.models.MNISTNet` after digits 1 and 9 are cut to a 
 other half is the unlabeled pool. Every pool image is scored (RPR at rank k, Eq. 10, and, since
 the demo knows the labels, LPR of the ±2 label map, Eq. 13). On the same pool, ``n`` images are
 proposed by the default strategy (:data:`~rprselect.select.DEFAULT_STRATEGY`, chosen by the
-recorded rule of docs/acquisition.md), by margin sampling, and by the paper's rule (the ``n``
-lowest RPR at rank k), side by side. The printout says how much each over-represents the two
-digits the model barely saw, against their share of the pool, and how many of its proposals
-the model gets wrong.
+recorded rule of docs/acquisition.md: margin sampling), by the best RPR strategy of the
+benchmark (``margin_rpr_strat``: margin weighted by 1 - RPR, class-stratified) and by the
+paper's rule (the ``n`` lowest RPR at rank k), side by side. The printout says how much each
+over-represents the two digits the model barely saw, against their share of the pool, and how
+many of its proposals the model gets wrong.
 """
 
 from __future__ import annotations
@@ -30,10 +31,14 @@ from .models import MNISTNet
 from .scoring import ScoreTable, score
 from .select import DEFAULT_STRATEGY, PAPER_STRATEGY, Selection, select
 
-__all__ = ["DemoResult", "run_demo", "RARE"]
+__all__ = ["DemoResult", "run_demo", "RARE", "COMPARED"]
 
 #: the digits cut from the training set, as in the paper
 RARE: tuple[int, ...] = (1, 9)
+
+#: what the demo proposes side by side on the same pool: the default, margin, the best RPR
+#: strategy of the final benchmark (docs/al_results/rule.md) and the paper's rule
+COMPARED: tuple[str, ...] = (DEFAULT_STRATEGY, "margin", "margin_rpr_strat", PAPER_STRATEGY)
 
 
 @dataclass
@@ -43,8 +48,8 @@ class DemoResult:
     Attributes:
         scores: the pool's :class:`ScoreTable` (with LPR and the model's logits).
         selection: the default strategy's proposals.
-        selections: strategy name -> its proposals on the same pool: the default, ``"margin"``
-            and the paper's ``"lowest"`` (one entry when they coincide in name).
+        selections: strategy name -> its proposals on the same pool, for each of
+            :data:`COMPARED` (one entry when names coincide).
         train_labels: the labels of the training set (what the stratified quotas count).
         pool_labels: true digit of every pool image (by pool index).
         predicted: the model's digit for every pool image.
@@ -175,7 +180,7 @@ def _run(
     labelled = Labelled(y=train_y)
     sels = {
         name: select(table, n, name, rng=seed, labelled=labelled)
-        for name in dict.fromkeys((DEFAULT_STRATEGY, "margin", PAPER_STRATEGY))
+        for name in dict.fromkeys(COMPARED)
     }
     sel = sels[DEFAULT_STRATEGY]
 
@@ -270,7 +275,7 @@ def _report(r: DemoResult, train_counts: np.ndarray, k: int, lpr_rank: int, stre
 def _write_files(
     out: Path,
     table: ScoreTable,
-    sels: dict[str, Selection],
+    sels: dict[str, Selection] | Selection,
     x: np.ndarray,
     y: np.ndarray,
     predicted: np.ndarray,
@@ -278,6 +283,8 @@ def _write_files(
 ) -> dict[str, Path]:
     """``scores.csv`` (ascending RPR) and ``proposals.csv``: every strategy's proposals in
     picking order, with the utility each was chosen by (empty for ``lowest``)."""
+    if isinstance(sels, Selection):
+        sels = {sels.strategy: sels}
     files = {"scores": out / "scores.csv", "proposals": out / "proposals.csv"}
     # the summary LPR column at the rank the console and proposals.csv use (lpr_at_3), not k
     lpr_at = lpr_rank if table.lpr_curve is not None else None

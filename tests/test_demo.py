@@ -11,7 +11,7 @@ from cli_models import one_thread  # noqa: F401
 
 from rprselect.acquisition import Labelled, acquire, margin
 from rprselect.cli import main
-from rprselect.demo import RARE, run_demo
+from rprselect.demo import COMPARED, RARE, run_demo
 from rprselect.select import DEFAULT_STRATEGY, PAPER_STRATEGY
 
 pytest.importorskip("sklearn")
@@ -27,7 +27,8 @@ def demo(tmp_path_factory: pytest.TempPathFactory) -> tuple[object, Path]:
 
 def test_every_strategy_is_shown_on_the_same_pool(demo) -> None:
     r, _ = demo
-    assert list(r.selections) == list(dict.fromkeys((DEFAULT_STRATEGY, "margin", PAPER_STRATEGY)))
+    assert list(r.selections) == list(dict.fromkeys(COMPARED))
+    assert {DEFAULT_STRATEGY, "margin", PAPER_STRATEGY} <= set(r.selections)
     assert r.selection is r.selections[DEFAULT_STRATEGY]
     assert len(r.scores) == 899 and r.scores.logits is not None
 
@@ -45,12 +46,18 @@ def test_proposals_follow_the_scores(demo) -> None:
     u = margin(t.logits)
     np.testing.assert_array_equal(m.indices, t.index[np.argsort(-u, kind="stable")[:6]])
     np.testing.assert_allclose(m.utility, u[[rows[int(i)] for i in m.indices]])
-    # the default, recomputed from the table and the training labels
-    d = r.selections[DEFAULT_STRATEGY]
-    pos = acquire(DEFAULT_STRATEGY, t, 6, labelled=Labelled(y=r.train_labels), rng=0)
-    if DEFAULT_STRATEGY != PAPER_STRATEGY:
+    # every other strategy, recomputed from the table and the training labels
+    for name in set(r.selections) - {PAPER_STRATEGY}:
+        d = r.selections[name]
+        pos = acquire(name, t, 6, labelled=Labelled(y=r.train_labels), rng=0)
         np.testing.assert_array_equal(d.indices, t.index[pos])
-    np.testing.assert_allclose(d.scores, t.rpr[[rows[int(i)] for i in d.indices]])
+        np.testing.assert_allclose(d.scores, t.rpr[[rows[int(i)] for i in d.indices]])
+    # the stratified one: quotas from the training counts, by predicted class
+    strat = r.selections["margin_rpr_strat"]
+    counts = np.bincount(r.train_labels, minlength=10)
+    got = np.bincount(r.predicted[strat.indices], minlength=10)
+    w = np.where(np.bincount(r.predicted, minlength=10) > 0, 1.0 / (counts + 1), 0.0)
+    assert (got >= np.floor(6 * w / w.sum())).all() and got.sum() == 6
 
 
 def test_shares_are_counted_from_the_labels(demo) -> None:
