@@ -272,8 +272,8 @@ def lanczos_svd(
             keep = restart_keep(k, ncv, b, S.shape[-1])
             Xl, Yl = X[..., :keep], Y[..., :keep]
             pending = Vt[:, p : p + bv].clone()
-            Vt[:, :keep] = Yl.mT @ Vt[:, :p]
-            Ut[:, :keep] = Xl.mT @ Ut[:, :q]
+            _rotate(Vt, Yl, p)
+            _rotate(Ut, Xl, q)
             Vt[:, keep : keep + bv] = pending
             Bm[:, :keep, :keep] = torch.diag_embed(S[..., :keep])
             E = EX[..., :keep]
@@ -312,6 +312,15 @@ def lanczos_svd(
         tol=tol,
         stop_reason=reason,
     )
+
+
+def _rotate(basis: Tensor, coef: Tensor, p: int, chunk: int = 1 << 16) -> None:
+    """``basis[:, :keep] = coef^T basis[:, :p]`` in place, a slab of columns at a time, so that
+    the restart needs ``keep x chunk`` numbers of scratch instead of a second basis."""
+    keep = coef.shape[-1]
+    for j in range(0, basis.shape[-1], chunk):
+        cols = basis[:, :p, j : j + chunk]
+        basis[:, :keep, j : j + chunk] = coef.mT @ cols
 
 
 def _relative(r: Tensor, S: Tensor, floor: float) -> Tensor:
