@@ -1,4 +1,4 @@
-"""``rprselect bench solvers``: the smoke run, the ranking mode, trace once, the reference and the targets."""
+"""``rprselect bench solvers``: smoke run, ranking mode, trace once, reference and targets."""
 
 from __future__ import annotations
 
