@@ -385,6 +385,7 @@ def pool_throughput(args: Any, weights: str) -> dict[str, Any]:
     }
     sub = V[: min(len(V), args.trace_volumes)]
     print(f"[bench solvers] trace once vs a trace per batch ({len(sub)} volumes) ...", flush=True)
-    out["trace_once_volumes"] = trace_once(unet, sub, args.k, args.tol, bs, lz, repeats=1)
+    # one volume per batch: as many traces as volumes against one
+    out["trace_once_volumes"] = trace_once(unet, sub, args.k, args.tol, 1, lz, repeats=1)
     out["trace_once_volumes"]["pool"] = f"{len(sub)} x {args.pool_edge}^3 volumes, {trained}"
     return out
