@@ -172,3 +172,31 @@ def test_settings_are_validated() -> None:
         al.ALSettings(strategies=("nope",))
     with pytest.raises(ValueError, match="budgets must be"):
         al.ALSettings(budgets=())
+
+
+def test_npz_data_in_the_medmnist_layout(tmp_path: Path) -> None:
+    pytest.importorskip("rprselect.data.generic", reason="needs the generic data loaders")
+    rng = np.random.default_rng(0)
+
+    def part(n: int) -> tuple[np.ndarray, np.ndarray]:
+        imgs = (rng.random((n, 14, 14, 3)) * 255).astype(np.uint8)  # N x H x W x C, uint8
+        return imgs, rng.choice(3, size=(n, 1), p=[0.6, 0.3, 0.1])
+
+    arrays = {}
+    for split, n in (("train", 120), ("val", 10), ("test", 40)):
+        arrays[f"{split}_images"], arrays[f"{split}_labels"] = part(n)
+    np.savez(tmp_path / "tiny.npz", **arrays)  # type: ignore[arg-type]
+    data = load_data(f"npz:{tmp_path / 'tiny.npz'}", None, None)
+    assert data.train_x.shape == (120, 3, 16, 16) and data.n_classes == 3  # padded to 16
+    counts = np.bincount(arrays["train_labels"].ravel(), minlength=3)
+    assert set(data.rare) == set(np.argsort(counts, kind="stable")[:2].tolist())
+    args = _args(
+        dataset=f"npz:{tmp_path / 'tiny.npz'}", out=str(tmp_path / "out"), seeds=2,
+        budgets=[20], rounds=1, query_size=5, steps=5, candidates=30,
+        strategies=["random", "margin_rpr_strat"],
+    )  # fmt: skip
+    with contextlib.redirect_stdout(io.StringIO()):
+        assert al.run(args) == 0
+    res = json.loads((tmp_path / "out" / "results.json").read_text())
+    s = res["budgets"]["20"]["summary"]["margin_rpr_strat"]
+    assert len(s["auc_per_seed"]) == 2 and res["budgets"]["20"]["pool_size"] == 120
