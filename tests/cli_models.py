@@ -6,25 +6,10 @@ Every factory seeds its own weights, so two calls build identical models.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
-import pytest
 import torch
 from torch import nn
 
 from rprselect.layers import SumPool
-
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread() -> Iterator[None]:
-    """Tiny models run fastest on one thread; restore the setting for other test modules.
-
-    Import it into a test module (``from cli_models import one_thread``) to apply it there.
-    """
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 def tiny_cnn() -> nn.Module:

@@ -7,10 +7,8 @@ from __future__ import annotations
 
 import functools
 import warnings
-from collections.abc import Iterator
 from dataclasses import dataclass
 
-import pytest
 import torch
 from torch import Tensor, nn
 
@@ -20,7 +18,6 @@ __all__ = [
     "jacobian",
     "assert_close",
     "projection_ratios",
-    "single_thread",
 ]
 
 
@@ -103,17 +100,3 @@ def assert_close(
         f"max rel diff {float(rel):.3e}; worst at index {idx}: "
         f"actual {float(a[idx]):.17g}, expected {float(e[idx]):.17g}"
     )
-
-
-@pytest.fixture(scope="module", autouse=True)
-def single_thread() -> Iterator[None]:
-    """Tiny float64 products run fastest on one thread, and the test machine is shared.
-
-    Import this fixture into a test module to apply it there; the thread count is restored after.
-    """
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)

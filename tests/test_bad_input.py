@@ -32,7 +32,7 @@ from typing import Any
 import numpy as np
 import pytest
 import torch
-from cli_models import one_thread, tiny_cnn  # noqa: F401
+from cli_models import tiny_cnn
 from torch.utils.data import DataLoader, TensorDataset
 
 from rprselect.cli import main

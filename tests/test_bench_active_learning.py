@@ -7,7 +7,6 @@ import contextlib
 import io
 import json
 import math
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -24,14 +23,6 @@ from rprselect.benchmarks import al_strategies as st  # noqa: E402
 from rprselect.benchmarks import load  # noqa: E402
 from rprselect.benchmarks.al_baselines import k_center_greedy  # noqa: E402
 from rprselect.benchmarks.al_loop import ALNet, load_data  # noqa: E402
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread() -> Iterator[None]:
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 class TestStatistics:

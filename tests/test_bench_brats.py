@@ -40,7 +40,6 @@ def _rows(path: Path) -> list[dict[str, str]]:
 
 @pytest.fixture(scope="module")
 def quick(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    torch.set_num_threads(1)
     out = tmp_path_factory.mktemp("brats_quick")
     assert brats.main(["--quick", "--out", str(out), "--threads", "1"]) == 0
     return out

@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from cli_models import one_thread, tiny_cnn  # noqa: F401
+from cli_models import tiny_cnn
 
 from rprselect.cache import ScoreCache, weights_hash
 from rprselect.scoring import ScoreTable, score

@@ -13,7 +13,6 @@ import numpy as np
 import pytest
 import torch
 from cli_models import (  # noqa: F401
-    one_thread,
     tiny_cnn,
     tiny_cnn3d,
     tiny_cnn_rgb,

@@ -12,11 +12,10 @@ from pathlib import Path
 
 import pytest
 import torch
-from dense_oracle import (  # noqa: F401 - single_thread is an autouse fixture
+from dense_oracle import (
     assert_close,
     jacobian,
     oracle_for,
-    single_thread,
 )
 from torch import nn
 

@@ -8,13 +8,12 @@ import warnings
 
 import pytest
 import torch
-from dense_oracle import (  # noqa: F401 - single_thread is an autouse fixture
+from dense_oracle import (
     Oracle,
     assert_close,
     jacobian,
     oracle_for,
     projection_ratios,
-    single_thread,
 )
 from torch import nn
 from zoo import CASE_IDS, CASES, case_by_name

@@ -12,12 +12,11 @@ from typing import Any, ClassVar
 
 import pytest
 import torch
-from dense_oracle import (  # noqa: F401 - single_thread is an autouse fixture
+from dense_oracle import (
     Oracle,
     assert_close,
     oracle_for,
     projection_ratios,
-    single_thread,
 )
 
 import rprselect

@@ -7,7 +7,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from cli_models import one_thread  # noqa: F401
 
 from rprselect.acquisition import Labelled, acquire, margin
 from rprselect.cli import main

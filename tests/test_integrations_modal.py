@@ -20,15 +20,6 @@ from rprselect.integrations.modal import (
 from rprselect.models import MNISTNet
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Small convolutions are fastest on one thread (and the machine is shared)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 @pytest.fixture(scope="module")
 def digits():
     X, y = load_digits_tensors()

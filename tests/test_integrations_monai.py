@@ -17,14 +17,6 @@ from rprselect.scoring import score
 from rprselect.sliding import sliding_window_operator
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def _ignite():
     return pytest.importorskip(
         "ignite.engine", reason="needs pytorch-ignite: pip install 'rprselect[monai]'"

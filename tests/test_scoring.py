@@ -9,7 +9,7 @@ import warnings
 import numpy as np
 import pytest
 import torch
-from cli_models import one_thread, tiny_cnn, tiny_seg3d  # noqa: F401
+from cli_models import tiny_cnn, tiny_seg3d
 from torch.utils.data import DataLoader, Dataset
 
 import rprselect

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from cli_models import one_thread, tiny_cnn  # noqa: F401
+from cli_models import tiny_cnn
 
 from rprselect.scoring import ScoreTable
 from rprselect.select import RPRSelector, Selection, select

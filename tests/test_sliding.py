@@ -13,15 +13,6 @@ from rprselect import sliding
 from rprselect.sliding import importance_map, sliding_window_operator, window_grid
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Small convolutions are fastest on one thread (and the machine is shared)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def _net(dims: int, c_in: int = 1, c_out: int = 2, seed: int = 0) -> nn.Module:
     torch.manual_seed(seed)
     conv = nn.Conv3d if dims == 3 else nn.Conv2d
