@@ -5,6 +5,7 @@ RPR(x; k) = |V_k V_k^T x|^2 / |x|^2 measures how much of x the network's top-k r
 vectors capture; samples with a low RPR lie near the nullspace and are proposed for labelling.
 """
 
+from .acquisition import ACQUISITIONS, acquire
 from .adjoint import AdjointCNN, UnsupportedLayerError, adjoint_cnn
 from .linearize import (
     AdjointFallbackWarning,
@@ -50,6 +51,8 @@ __all__ = [
     "ScoreTable",
     "select",
     "Selection",
+    "acquire",
+    "ACQUISITIONS",
     "RPRSelector",
     # errors and warnings
     "UnsupportedLayerError",
