@@ -204,7 +204,13 @@ def build_parser(argv: Sequence[str] = ()) -> argparse.ArgumentParser:
         default=None,
         help="singular triplets (default: min(10, min(m, n)) of A[x] for the model)",
     )
-    sc.add_argument("--tol", type=float, default=1e-4, help="solver tolerance (default: 1e-4)")
+    sc.add_argument(
+        "--tol",
+        type=_tol,
+        default=1e-4,
+        help="solver tolerance, or 'rank': stop once every RPR(x; k) is certified within "
+        "0.01 (the ranking mode; lanczos/auto solvers only) (default: 1e-4)",
+    )
     sc.add_argument(
         "--solver",
         default="auto",
@@ -288,6 +294,15 @@ def _doc_line(name: str) -> str:
         "is scored, and the lowest-RPR images are proposed. Prints a per-digit table "
         "and writes scores.csv, proposals.csv and PNG plots."
     }[name]
+
+
+def _tol(text: str) -> float | str:
+    if text == "rank":
+        return text
+    try:
+        return float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a number > 0 or 'rank', got {text!r}") from None
 
 
 def _count(text: str) -> int:

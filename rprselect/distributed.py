@@ -264,7 +264,7 @@ def score(
     pool: Any,
     *,
     k: int | None = None,
-    tol: float = 1e-4,
+    tol: float | str = 1e-4,
     solver: str = "auto",
     device: str | torch.device | None = None,
     batch_size: int | None = None,
@@ -493,7 +493,7 @@ def _merge(
     group: _Group,
     wall: float,
     show: bool,
-    tol: float,
+    tol: float | str,
 ) -> DistributedScoreTable:
     """One table in pool order from every rank's rows, failures and stats."""
     rows: dict[int, dict[str, Any]] = {}

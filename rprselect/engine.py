@@ -160,17 +160,42 @@ class Engine:
         self._k_checked = True
         return self.k
 
-    def _solve(self, op: Any, batched: bool) -> SVDResult:
+    def _solve(self, op: Any, batched: bool, X: Tensor) -> SVDResult:
+        """The solve of ``op`` (linearised at ``X``, ``(B, C, *spatial)``).
+
+        In the ranking mode (``tol="rank"``) a :class:`~rprselect.solvers.ranking.RankStop`
+        built from ``X`` ends the Lanczos iteration, and ``converged`` becomes, per sample,
+        "RPR(x; k) certified within ``rank_delta``" (broadcast over the k triplets).
+        """
         s = self.settings
         k = self._rank(*op.shape)
+        stop = None
+        if s.ranking:
+            from .solvers.ranking import RankStop
+
+            stop = RankStop(X, s.rank_delta)
         with warnings.catch_warnings():  # summarised once per pool by the driver
             warnings.simplefilter("ignore", NotConvergedWarning)
             solve = svd_batch if batched else svd
-            return solve(op, k=k, tol=s.tol, solver=cast(Solver, s.solver), config=s.config)
+            res = solve(
+                op,
+                k=k,
+                tol=s.solver_tol,
+                solver=cast(Solver, s.solver),
+                config=s.config,
+                stop=stop,
+            )
+        # "exhausted": the Krylov space holds all of A, the residual test is exact there
+        if stop is not None and res.solver.startswith("lanczos") and res.stop_reason != "exhausted":
+            half = torch.maximum(stop.rpr - stop.lower, stop.upper - stop.rpr)
+            ok = (half <= s.rank_delta).to(res.converged.device)
+            ok = ok if batched else ok[0]
+            res.converged = ok.unsqueeze(-1).expand_as(res.converged).clone()
+        return res
 
     def _batched(self, X: Tensor) -> tuple[SVDResult, tuple[int, ...], Tensor | None]:
         op = linearize_batch(self.model, X, cast(Method, self.settings.method), graph=self.graph)
-        return self._solve(op, batched=True), op.out_shape, op.output
+        return self._solve(op, batched=True, X=X), op.out_shape, op.output
 
     def _windowed(self, X: Tensor) -> tuple[SVDResult, tuple[int, ...], Tensor | None]:
         from .sliding import sliding_window_operator
@@ -186,7 +211,7 @@ class Engine:
                 graph=self.graph,
                 **(self.settings.window or {}),
             )
-            results.append(self._solve(op, batched=False))
+            results.append(self._solve(op, batched=False, X=x.unsqueeze(0)))
             out_shape = op.out_shape
             if op.output is not None:
                 outputs.append(op.output)
@@ -359,14 +384,19 @@ def progress_bar(total: int | None, enabled: bool, initial: int = 0) -> Any:
     return tqdm(total=total, initial=initial, unit="sample", desc="scoring", dynamic_ncols=True)
 
 
-def warn_summary(table: ScoreTable, tol: float, failures: Sequence[Failure]) -> None:
+def warn_summary(table: ScoreTable, tol: float | str, failures: Sequence[Failure]) -> None:
     """One warning for the samples that missed ``tol``, one for those that could not be scored."""
     bad = [table.ids[i] for i in np.flatnonzero(~table.converged)]
     if bad:
         shown = ", ".join(bad[:20]) + (", ..." if len(bad) > 20 else "")
+        what = (
+            "an RPR(x; k) not certified within rank_delta (tol='rank')"
+            if isinstance(tol, str)
+            else f"singular triplets that missed tol={tol:g}"
+        )
         warnings.warn(
-            f"{len(bad)} of {len(table)} samples have singular triplets that missed "
-            f"tol={tol:g} (converged=False in the table): {shown}",
+            f"{len(bad)} of {len(table)} samples have {what} (converged=False in the table): "
+            f"{shown}",
             NotConvergedWarning,
             stacklevel=3,
         )

@@ -43,7 +43,7 @@ def score(
     pool: Any,
     *,
     k: int | None = None,
-    tol: float = 1e-4,
+    tol: float | str = 1e-4,
     solver: str = "auto",
     device: str | torch.device | None = None,
     batch_size: int | None = None,

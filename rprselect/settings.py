@@ -28,12 +28,16 @@ from torch import nn
 from .cache import weights_hash
 from .solvers import SolverConfig
 
-__all__ = ["ScoreSettings", "DEFAULT_K", "weights_hash", "content_hash"]
+__all__ = ["ScoreSettings", "DEFAULT_K", "RANK_BACKSTOP_TOL", "weights_hash", "content_hash"]
 
 Errors = Literal["auto", "raise", "record"]
 
 #: the rank used when ``k`` is not given, capped by the rank of A[x] (:meth:`ScoreSettings.rank`)
 DEFAULT_K = 10
+
+#: the residual tolerance that ends a ranking-mode solve (``tol="rank"``) whose RPRs could not be
+#: certified to ``rank_delta`` first (e.g. σ_k = σ_{k+1}, where RPR(x; k) is ill-defined)
+RANK_BACKSTOP_TOL = 1e-6
 
 _SOLVERS = ("auto", "dense", "lanczos", "slepc")
 _METHODS = ("auto", "adjoint", "autograd")
@@ -88,7 +92,17 @@ class ScoreSettings:
         k: singular triplets per sample; ``None`` (the default) takes
             ``min(DEFAULT_K, min(m, n))`` for the model at hand (e.g. 2 for a binary
             classifier) and says so with a warning when it is below ``DEFAULT_K``.
-        tol: relative residual tolerance of the solver, ``> 0``.
+        tol: relative residual tolerance of the solver, ``> 0``; or ``"rank"``, the ranking
+            mode: the Lanczos solve of a batch stops once every sample's RPR(x; k) is
+            certified to within ``rank_delta`` (:class:`~rprselect.solvers.ranking.RankStop`,
+            bounds from the Ritz values and residuals), with :data:`RANK_BACKSTOP_TOL` as the
+            residual tolerance that ends it otherwise. Only ``solver="lanczos"`` and
+            ``"auto"`` support it (``"auto"`` may pick the exact dense solver, whose RPRs are
+            exact). In this mode a row's ``converged`` means "RPR(x; k) certified within
+            ``rank_delta``" (always true for the dense solver), not "every triplet met a
+            residual tolerance"; ``rpr_curve`` entries below rank k are Ritz estimates.
+        rank_delta: the absolute accuracy of RPR(x; k) wanted in the ranking mode, in
+            ``(0, 1)``; ignored (and left out of the cache key) when ``tol`` is a number.
         solver: ``"auto"``, ``"dense"``, ``"lanczos"`` or ``"slepc"``.
         method: how to linearise: ``"auto"``, ``"adjoint"`` or ``"autograd"``.
         config: solver knobs (:class:`~rprselect.SolverConfig`).
@@ -111,7 +125,8 @@ class ScoreSettings:
     """
 
     k: int | None = None
-    tol: float = 1e-4
+    tol: float | str = 1e-4
+    rank_delta: float = 0.01
     solver: str = "auto"
     method: str = "auto"
     config: SolverConfig = field(default_factory=SolverConfig)
@@ -127,11 +142,28 @@ class ScoreSettings:
     def __post_init__(self) -> None:
         set_ = object.__setattr__  # frozen: normalise in place once
         _int("k", self.k, 1, allow_none=True)
-        if isinstance(self.tol, bool) or not isinstance(self.tol, int | float):
-            raise TypeError(f"tol must be a float, got {type(self.tol).__name__} {self.tol!r}")
-        if not (self.tol > 0 and np.isfinite(self.tol)):
-            raise ValueError(f"tol must be a finite float > 0, got {self.tol}")
-        set_(self, "tol", float(self.tol))
+        if isinstance(self.tol, str):
+            if self.tol != "rank":
+                raise ValueError(f"tol must be a finite float > 0 or 'rank', got {self.tol!r}")
+        elif isinstance(self.tol, bool) or not isinstance(self.tol, int | float):
+            raise TypeError(
+                f"tol must be a float or 'rank', got {type(self.tol).__name__} {self.tol!r}"
+            )
+        elif not (self.tol > 0 and np.isfinite(self.tol)):
+            raise ValueError(f"tol must be a finite float > 0 or 'rank', got {self.tol}")
+        else:
+            set_(self, "tol", float(self.tol))
+        delta = self.rank_delta
+        if isinstance(delta, bool) or not isinstance(delta, int | float | np.floating):
+            raise TypeError(f"rank_delta must be a float, got {type(delta).__name__} {delta!r}")
+        if not 0 < delta < 1:
+            raise ValueError(f"rank_delta must be in (0, 1), got {delta}")
+        set_(self, "rank_delta", float(delta))
+        if self.tol == "rank" and self.solver in ("dense", "slepc"):
+            raise ValueError(
+                f"tol='rank' needs solver 'lanczos' or 'auto' (the ranking mode stops the "
+                f"Lanczos iteration), got solver={self.solver!r}"
+            )
         _choice("solver", self.solver, _SOLVERS)
         _choice("method", self.method, _METHODS)
         _choice("errors", self.errors, _ERRORS)
@@ -160,6 +192,17 @@ class ScoreSettings:
             raise ValueError(f"label_scale must be > 0, got {self.label_scale}")
         if not isinstance(self.image_key, str):
             raise TypeError(f"image_key must be a str, got {type(self.image_key).__name__}")
+
+    @property
+    def ranking(self) -> bool:
+        """Whether the ranking mode (``tol="rank"``) is on."""
+        return self.tol == "rank"
+
+    @property
+    def solver_tol(self) -> float:
+        """The residual tolerance handed to the solver (:data:`RANK_BACKSTOP_TOL` in the
+        ranking mode)."""
+        return RANK_BACKSTOP_TOL if isinstance(self.tol, str) else self.tol
 
     # -- derived -----------------------------------------------------------------------------
     @property
@@ -204,6 +247,8 @@ class ScoreSettings:
             "num_classes": self.num_classes,
             "label_scale": self.label_scale,
         }
+        if self.ranking:  # only here: a numeric-tol key stays what it was before rank mode
+            settings["rank_delta"] = self.rank_delta
         lab = None
         if labels is not None:
             lab = hashlib.sha256(np.asarray(labels, dtype=np.int64).tobytes()).hexdigest()

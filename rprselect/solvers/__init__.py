@@ -16,7 +16,7 @@ from torch import Tensor, nn
 from ..linearize import Method, linearize, linearize_batch
 from ..operator import LinearOperator
 from .dense import dense_svd
-from .lanczos import NotConvergedWarning, lanczos_svd
+from .lanczos import NotConvergedWarning, StopRule, lanczos_svd
 from .result import SolverConfig, SVDResult, measured_residuals
 from .slepc import slepc_svd
 
@@ -60,12 +60,27 @@ def _validate(op: LinearOperator, k: int, tol: float, solver: str) -> None:
         raise ValueError(f"tol must be > 0, got {tol}")
 
 
-def _run(op: LinearOperator, k: int, tol: float, solver: str, config: SolverConfig) -> SVDResult:
+def _run(
+    op: LinearOperator,
+    k: int,
+    tol: float,
+    solver: str,
+    config: SolverConfig,
+    stop: StopRule | None = None,
+) -> SVDResult:
     _validate(op, k, tol, solver)
+    if stop is not None and solver in ("dense", "slepc"):
+        raise ValueError(
+            f"stop (a Lanczos stopping rule such as RankStop) needs solver 'lanczos' or "
+            f"'auto', got solver={solver!r}"
+        )
     name = choose_solver(op, k, config) if solver == "auto" else solver
     t0 = time.perf_counter()
     with torch.no_grad():
-        result = _BACKENDS[name](op, k, tol, config)
+        if name == "lanczos":
+            result = lanczos_svd(op, k, tol, config, stop=stop)
+        else:  # "auto" chose the exact dense solver: a stopping rule has nothing to stop
+            result = _BACKENDS[name](op, k, tol, config)
     result.seconds = time.perf_counter() - t0
     return result
 
@@ -79,6 +94,7 @@ def svd(
     *,
     method: Method = "auto",
     config: SolverConfig | None = None,
+    stop: StopRule | None = None,
 ) -> SVDResult:
     """Top-k singular triplets of A[x] (paper Eq. 5).
 
@@ -95,6 +111,10 @@ def svd(
             ``min(m, n)`` is small, else lanczos.
         method: how to linearise a model, see :func:`~rprselect.linearize`.
         config: solver knobs (:class:`SolverConfig`).
+        stop: a Lanczos stopping rule, e.g. :class:`~rprselect.solvers.ranking.RankStop`
+            for the ranking mode (see :func:`~rprselect.solvers.lanczos.lanczos_svd`); only
+            with ``solver="lanczos"`` or ``"auto"`` (when auto picks the exact dense solver
+            the rule is not needed and not called).
 
     Returns:
         :class:`SVDResult` with ``U (k, *out_shape)``, ``S (k,)``, ``V (k, *in_shape)``,
@@ -119,7 +139,7 @@ def svd(
             f"model_or_operator must be an nn.Module or a LinearOperator, got "
             f"{type(model_or_operator).__name__}"
         )
-    result = _run(op, k, tol, solver, config)
+    result = _run(op, k, tol, solver, config, stop)
     if op.batch is None:
         result = result[0] if result.batched else result
     return result
@@ -134,11 +154,12 @@ def svd_batch(
     *,
     method: Method = "auto",
     config: SolverConfig | None = None,
+    stop: StopRule | None = None,
 ) -> SVDResult:
     """:func:`svd` for ``B`` samples at once; every field gains a leading ``B``.
 
     Dense and Lanczos send all samples through each network pass together; SLEPc solves them
-    one after another.
+    one after another. ``stop`` is as in :func:`svd` (a rule for all ``B`` samples at once).
     """
     config = config or SolverConfig()
     if isinstance(model_or_operator, LinearOperator):
@@ -149,4 +170,4 @@ def svd_batch(
         if X is None:
             raise ValueError("X is required when a model is given")
         op = linearize_batch(model_or_operator, X, method)
-    return _run(op, k, tol, solver, config)
+    return _run(op, k, tol, solver, config, stop)
