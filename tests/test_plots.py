@@ -118,11 +118,11 @@ def test_cli_select_plot(tmp_path, capsys):
     png = tmp_path / "proposals.png"
     code = main(
         ["select", "--scores", str(tmp_path / "scores.csv"), "--n", "3", "--plot", str(png)]
-        + ["--pool", str(folder)]
+        + ["--pool", str(folder), "--strategy", "lowest"]
     )
     assert code == 0
     out = capsys.readouterr()
-    assert out.out.splitlines()[1].split(",")[1] == table.ranked().ids[0]
+    assert out.out.splitlines()[1].split(",")[1] == table.ranked().ids[0]  # the lowest RPR
     assert out.err.strip() == f"wrote {png}"
     width, height = Image.open(png).size
     assert width > 400 and height > 300
