@@ -15,11 +15,9 @@ any rank before it was killed and rescores only the rest.
 
 from __future__ import annotations
 
-import atexit
 import hashlib
 import json
 import logging
-import os
 import sys
 import time
 import uuid
@@ -29,7 +27,6 @@ from typing import Any
 
 import numpy as np
 import torch
-import torch.distributed as dist
 from torch import Tensor, nn
 from torch.utils.data import (
     DataLoader,
@@ -53,6 +50,7 @@ from .engine import (
 )
 from .linearize import Method
 from .pool import PoolItem, check_item, iter_pool, pool_size
+from .ranks import Group, describe, is_distributed_launch, is_main_rank, join, raise_first
 from .settings import DEFAULT_K, Errors, ScoreSettings, content_hash
 from .solvers import SolverConfig
 from .table import Failure, ScoreTable
@@ -117,74 +115,6 @@ class DistributedScoreTable(ScoreTable):
             f"scored {len(self)} samples on {self.world_size} ranks in {self.wall_seconds:.2f} s "
             f"(unit {self.unit_size}, busy max/mean {imbalance:.3f}); " + "; ".join(parts)
         )
-
-
-# -- process group -----------------------------------------------------------------------------
-def is_distributed_launch() -> bool:
-    """Whether this process is one of several: ``WORLD_SIZE > 1`` (torchrun) or a group > 1."""
-    if dist.is_available() and dist.is_initialized():
-        return dist.get_world_size() > 1
-    return int(os.environ.get("WORLD_SIZE", "1")) > 1
-
-
-def is_main_rank() -> bool:
-    """Whether this process is rank 0 (also true outside any distributed launch)."""
-    if dist.is_available() and dist.is_initialized():
-        return dist.get_rank() == 0
-    return int(os.environ.get("RANK", "0")) == 0
-
-
-class _Group:
-    """Rank, world size, object all-gather and an atomic counter (a store, or None)."""
-
-    def __init__(self) -> None:
-        self.on = dist.is_available() and dist.is_initialized()
-        self.rank = dist.get_rank() if self.on else 0
-        self.world = dist.get_world_size() if self.on else 1
-        self.store: Any = None
-        if self.on:
-            try:
-                self.store = dist.distributed_c10d._get_default_store()
-            except (AttributeError, RuntimeError, ValueError):  # private API: fall back
-                self.store = None  # to a static round-robin assignment of the units
-        self._local: dict[str, int] = {}
-
-    def gather(self, obj: Any) -> list[Any]:
-        if not self.on:
-            return [obj]
-        out: list[Any] = [None] * self.world
-        dist.all_gather_object(out, obj)
-        return out
-
-    def add(self, key: str, n: int) -> int:
-        """Atomically add ``n`` to counter ``key``; returns the new value."""
-        if self.world == 1 or self.store is None:
-            self._local[key] = self._local.get(key, 0) + n
-            return self._local[key]
-        return int(self.store.add(key, n))
-
-
-def _join(device: str | torch.device | None) -> tuple[_Group, torch.device | None]:
-    """Join (or start, from the torchrun environment) the process group; pick the device."""
-    local = int(os.environ.get("LOCAL_RANK", "0"))
-    dev = None if device is None else torch.device(device)
-    if torch.cuda.is_available() and (dev is None or (dev.type == "cuda" and dev.index is None)):
-        dev = torch.device("cuda", local)
-    if dev is not None and dev.type == "cuda":
-        torch.cuda.set_device(dev)
-    if is_distributed_launch() and not dist.is_initialized():
-        if not dist.is_available():
-            raise RuntimeError("WORLD_SIZE > 1 but this torch build has no torch.distributed")
-        dist.init_process_group("nccl" if dev is not None and dev.type == "cuda" else "gloo")
-        # Kept for later calls (a second init on the same store reads stale addresses), and
-        # ended at exit: a gloo group alive at interpreter shutdown can abort the process.
-        atexit.register(_end_group)
-    return _Group(), dev
-
-
-def _end_group() -> None:
-    if dist.is_initialized():
-        dist.destroy_process_group()
 
 
 # -- the pool as random-access units -----------------------------------------------------------
@@ -331,15 +261,15 @@ def score(
         s = s.replace(device=device)
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
-    group, dev = _join(s.device)
+    group, dev = join(s.device)
     if dev is not None:
         s = s.replace(device=str(dev))
     job, own, token = _handshake(group, model, pool, ids, labels, s, cache)
     t0 = time.perf_counter()
     rows, failures, stats, err = _work(job, group, own, token, progress)
     totals = (*stats, len(failures), time.perf_counter() - t0)
-    results = group.gather((_describe(err) if err else None, rows, failures, totals))
-    _raise_first(group, err, [r[0] for r in results])
+    results = group.gather((describe(err) if err else None, rows, failures, totals))
+    raise_first(group, err, [r[0] for r in results])
     k_used = job.engine.k or s.k or DEFAULT_K
     return _merge(results, k_used, job.size, group, time.perf_counter() - t0, progress, s.tol)
 
@@ -349,7 +279,7 @@ score_distributed = score
 
 
 def _handshake(
-    group: _Group,
+    group: Group,
     model: nn.Module,
     pool: Any,
     ids: Sequence[str] | None,
@@ -369,9 +299,9 @@ def _handshake(
             job.known.update({(i, str(r.get("content"))): r for i, r in own.rows.items()})
         hello: Any = (None, _digest(fp), _digest(job.names), uuid.uuid4().hex)
     except Exception as e:  # re-raised below, on every rank
-        err, hello = e, (_describe(e), None, None, "")
+        err, hello = e, (describe(e), None, None, "")
     hellos = group.gather(hello)
-    _raise_first(group, err, [h[0] for h in hellos])
+    raise_first(group, err, [h[0] for h in hellos])
     for what, i in (("model weights and scoring settings", 1), ("pool (sample ids)", 2)):
         differ = [r for r, h in enumerate(hellos) if h[i] != hellos[0][i]]
         if differ:
@@ -401,7 +331,7 @@ def _plan(
 
 def _work(
     job: _Job,
-    group: _Group,
+    group: Group,
     own: ScoreCache | None,
     token: str,
     progress: bool,
@@ -436,7 +366,7 @@ def _work(
     return rows, failures, (busy, claimed, scored, cached), err
 
 
-def _claim(group: _Group, token: str, last: int) -> int:
+def _claim(group: Group, token: str, last: int) -> int:
     """The next unit for this rank."""
     if group.store is None:  # static round robin
         return group.rank if last < 0 else last + group.world
@@ -468,29 +398,11 @@ def _digest(obj: Any) -> str:
     return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()
 
 
-_KINDS = (ValueError, TypeError, ImportError, OSError, KeyError)
-
-
-def _describe(err: BaseException) -> tuple[str, str]:
-    kind = next((c.__name__ for c in _KINDS if isinstance(err, c)), "RuntimeError")
-    return kind, f"{type(err).__name__}: {err}"
-
-
-def _raise_first(group: _Group, mine: BaseException | None, errs: list[Any]) -> None:
-    """Raise this rank's own error, else the first other rank's (same builtin kind)."""
-    if mine is not None:
-        raise mine
-    for r, e in enumerate(errs):
-        if e is not None:
-            kind = next((c for c in _KINDS if c.__name__ == e[0]), RuntimeError)
-            raise kind(f"rank {r} of {group.world} failed: {e[1]}")
-
-
 def _merge(
     results: list[Any],
     k: int,
     size: int,
-    group: _Group,
+    group: Group,
     wall: float,
     show: bool,
     tol: float | str,
