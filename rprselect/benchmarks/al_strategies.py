@@ -11,7 +11,7 @@ a name of :data:`rprselect.acquisition.ACQUISITIONS` with parameters and a batch
 - ``rpr_kcenter``: greedy k-center among the ``factor * n`` lowest-RPR candidates.
 
 RPR curves come from :func:`exact_rpr_curves` (the C rows of A[x] by the public
-:func:`rprselect.linearize_batch`, then a LAPACK SVD), computed once per round and shared by
+:class:`rprselect.engine.Engine`, the dense solver), computed once per round and shared by
 every variant; the acquisition functions take them as the ``(N, k)`` curve array that a
 :class:`~rprselect.ScoreTable` holds.
 """
@@ -29,8 +29,9 @@ import torch
 from torch import nn
 
 from .. import acquisition as acq
-from ..linearize import linearize_batch
+from ..engine import Engine
 from ..registry import PRESETS, Preset
+from ..settings import ScoreSettings
 from .al_baselines import badge_sampling, bald_scores, k_center_greedy, penultimate_features
 
 __all__ = [
@@ -131,26 +132,23 @@ class Round:
 def exact_rpr_curves(model: nn.Module, x: np.ndarray, k: int) -> np.ndarray:
     """``(N, k)`` exact RPR curves of a classifier with ``C`` outputs, in float64.
 
-    With ``C`` outputs, A[x] is ``C x D``: its rows come from ``C`` adjoint products
-    (:func:`rprselect.linearize_batch`, ``rmatmat`` of the identity), and a LAPACK SVD of the
-    small ``C x D`` matrix gives :math:`V_r`, so
-    :math:`\\mathrm{RPR}(x; r) = \\|V_r^T x\\|^2 / \\|x\\|^2` (paper Eq. 10) costs C backward
-    passes instead of D forward ones. Ranks beyond ``C`` (where A[x] has no more singular
-    vectors) repeat the value at ``C``.
+    The library's scoring engine with the dense solver (:class:`rprselect.engine.Engine`,
+    the model traced once): with ``C`` outputs A[x] is ``C x D``, built from ``C`` adjoint
+    products, and its LAPACK SVD gives :math:`V_r`, so
+    :math:`\\mathrm{RPR}(x; r) = \\|V_r^T x\\|^2 / \\|x\\|^2` (paper Eq. 10). Ranks beyond
+    ``C`` (where A[x] has no more singular vectors) repeat the value at ``C``.
     """
+    with torch.no_grad():
+        C = int(model(torch.from_numpy(np.ascontiguousarray(x[:1]))).numel())
+    r = min(k, C)
+    engine = Engine(model, ScoreSettings(k=r, solver="dense"))
     out = np.empty((len(x), k))
     for i in range(0, len(x), _RPR_BATCH):
         xb = torch.from_numpy(np.ascontiguousarray(x[i : i + _RPR_BATCH]))
-        op = linearize_batch(model, xb)
-        C = int(np.prod(op.out_shape))
-        eye = torch.eye(C, dtype=xb.dtype).reshape(C, *op.out_shape)
-        rows = op.rmatmat(eye.expand(len(xb), *eye.shape).contiguous()).flatten(2).double()
-        _, _, vh = torch.linalg.svd(rows, full_matrices=False)  # (B, C, D)
-        proj = (vh @ xb.double().flatten(1)[:, :, None])[..., 0] ** 2  # (B, C)
-        cum = proj.cumsum(1) / xb.double().flatten(1).pow(2).sum(1, keepdim=True)
-        r = min(k, C)
-        out[i : i + len(xb), :r] = cum[:, :r].numpy()
-        out[i : i + len(xb), r:] = cum[:, r - 1 : r].numpy()
+        rows = engine.score_batch(xb, list(range(i, i + len(xb))))
+        cum = np.asarray([row["rpr_curve"] for row in rows])
+        out[i : i + len(xb), :r] = cum
+        out[i : i + len(xb), r:] = cum[:, r - 1 : r]
     return out
 
 
