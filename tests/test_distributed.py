@@ -332,3 +332,30 @@ def test_torchrun_cli_equals_single_process_cli(pool_dir: Path, tmp_path: Path) 
 
     assert rows(tmp_path / "two.csv") == rows(tmp_path / "one.csv")
     assert sorted(tmp_path.glob("c.rank*.jsonl")), "each rank keeps its own cache"
+
+
+def test_single_process_cache_resumed_by_two_gloo_ranks_and_back(
+    pool_dir: Path, reference: Any, tmp_path: Path
+) -> None:
+    """One fingerprint and one row format: a cache written by score() in one process is resumed
+    by a 2-rank torchrun job, and the job's per-rank caches by score() again (issue 11)."""
+    from rprselect.pool import load_pool
+    from rprselect.scoring import score
+
+    out, cache = tmp_path / "out.json", tmp_path / "c.jsonl"
+    first_six = load_pool(sorted(pool_dir.glob("vol0[0-5].npy")))
+    score(_model(), first_six, cache=str(cache), progress=False, **SETTINGS)
+    proc = _torchrun(2, "--pool", str(pool_dir), "--out", str(out), "--cache", str(cache))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    data = json.loads(out.read_text())
+    _assert_same(data["rows"], reference)
+    ranks = data["ranks"]
+    assert sum(r["cached"] for r in ranks) == 6, "the single process's six rows were reused"
+    assert sum(r["scored"] for r in ranks) == N_GOOD - 6
+    lines = {f: len(f.read_text().splitlines()) for f in tmp_path.glob("c*.jsonl")}
+    with pytest.warns(UserWarning, match="vol99_blank"):
+        again = score(_model(), load_pool(pool_dir), cache=str(cache), progress=False, **SETTINGS)
+    assert {f: len(f.read_text().splitlines()) for f in tmp_path.glob("c*.jsonl")} == lines, (
+        "nothing was scored again: every row came from the base file and the rank files"
+    )
+    _assert_same(list(again.rows()), reference)
