@@ -100,6 +100,7 @@ class Engine:
         self.n_traces = int(self.graph is not None)
         self.k: int | None = settings.k
         self._k_checked = False
+        self._plans: dict[tuple[int, ...], Any] = {}
 
     def score_batch(self, X: Tensor, index: Sequence[int]) -> list[dict[str, Any]]:
         """Rows (without ``id``) for the samples ``X`` at pool positions ``index``.
@@ -160,7 +161,9 @@ class Engine:
         self._k_checked = True
         return self.k
 
-    def _solve(self, op: Any, batched: bool, X: Tensor) -> SVDResult:
+    def _solve(
+        self, op: Any, batched: bool, X: Tensor, config: SolverConfig | None = None
+    ) -> SVDResult:
         """The solve of ``op`` (linearised at ``X``, ``(B, C, *spatial)``).
 
         In the ranking mode (``tol="rank"``) a :class:`~rprselect.solvers.ranking.RankStop`
@@ -182,7 +185,7 @@ class Engine:
                 k=k,
                 tol=s.solver_tol,
                 solver=cast(Solver, s.solver),
-                config=s.config,
+                config=config or s.config,
                 stop=stop,
             )
         # "exhausted": the Krylov space holds all of A, the residual test is exact there
@@ -204,19 +207,39 @@ class Engine:
         out_shape: tuple[int, ...] = ()
         outputs: list[Tensor] = []
         for x in X:
+            window, config, stream = dict(self.settings.window or {}), self.settings.config, False
+            if config.max_memory is not None:  # fit the budget (solvers.memory.plan_sliding)
+                plan = self._plan(x, window)
+                window["sw_batch_size"], stream = plan.sw_batch_size, plan.stream
+                config = config.replace(ncv=plan.ncv)
             op = sliding_window_operator(
                 self.model,
                 x,
                 method=cast(Method, self.settings.method),
                 graph=self.graph,
-                **(self.settings.window or {}),
+                stream=stream,
+                **window,
             )
-            results.append(self._solve(op, batched=False, X=x.unsqueeze(0)))
+            results.append(self._solve(op, batched=False, X=x.unsqueeze(0), config=config))
             out_shape = op.out_shape
             if op.output is not None:
                 outputs.append(op.output)
         out = torch.stack(outputs) if len(outputs) == len(X) else None
         return _stack(results), out_shape, out
+
+    def _plan(self, x: Tensor, window: dict[str, Any]) -> Any:
+        """The memory plan of a volume of ``x``'s shape (measured once per shape)."""
+        from .solvers.memory import plan_sliding
+
+        key = tuple(x.shape)
+        if key not in self._plans:
+            c = self.settings.config
+            k = self.k or self.settings.k or DEFAULT_K
+            assert c.max_memory is not None
+            self._plans[key] = plan_sliding(
+                self.model, x, window, k, c.max_memory, c.block_size, c.ncv
+            )
+        return self._plans[key]
 
     def _lpr(self, res: SVDResult, out_shape: tuple[int, ...], index: list[int]) -> Tensor:
         assert self.labels is not None

@@ -19,11 +19,20 @@ with ``W`` the window weights and ``D`` the summed weights (both diagonal). This
 it from :func:`~rprselect.linearize_batch` on the windows, so every network pass carries a whole
 group of windows times all the vectors. This module imports torch only: the window grid is
 re-derived here (and checked against MONAI in the tests).
+
+**Streaming.** Recording ``A[P_i Π x]`` (ReLU masks, pooling indices) for every window costs
+``N_w r_w`` bytes: about 26 GiB for a 240x240x155 volume, a 128³ window and the paper's 3-D UNet.
+With ``stream=True`` the operator keeps only the model, the padded volume and the window list;
+every product records one group of windows, applies it and frees it before the next group, so
+only ``sw_batch_size`` windows' recordings are alive at a time. The recording is a forward pass
+per group per product (about twice the network cost of a recorded product), and the numbers are
+the same: a recording is a deterministic function of the window.
 """
 
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Literal
@@ -184,7 +193,9 @@ class SlidingWindowOperator(LinearOperator):
         grid: the :class:`WindowGrid`.
         weights: the window importance map, ``roi_size``.
         n_windows: number of windows; ``n_zero_windows`` of them are all zero.
-        window_ops: one batched operator per group of up to ``sw_batch_size`` windows.
+        window_ops: one batched operator per group of up to ``sw_batch_size`` windows (empty
+            when streaming).
+        stream: whether window groups are recorded again in every product instead of kept.
     """
 
     def __init__(
@@ -197,24 +208,32 @@ class SlidingWindowOperator(LinearOperator):
         padding_mode: PaddingMode,
         method: Method,
         graph: fx.GraphModule | None = None,
+        stream: bool = False,
     ) -> None:
         super().__init__(tuple(x.shape), tuple(x.shape), batch=None, dtype=x.dtype, device=x.device)
         self.grid, self.weights, self.padding_mode = grid, weights, padding_mode
         self.n_windows = len(grid.windows)
-        xp = self._pad(x.unsqueeze(0))[0]
-        patches = torch.stack([xp[(slice(None), *w)] for w in grid.windows])
-        live = patches.flatten(1).abs().amax(1) > 0
-        self._live = live.nonzero().flatten().tolist()
+        self.stream = stream
+        self._model, self._method, self._graph = model, method, graph
+        self._xp = xp = self._pad(x.unsqueeze(0))[0]
+        self._live = [i for i, w in enumerate(grid.windows) if bool(xp[(slice(None), *w)].any())]
         self.n_zero_windows = self.n_windows - len(self._live)
         groups = [
             self._live[i : i + sw_batch_size] for i in range(0, len(self._live), sw_batch_size)
         ]
         self._groups = groups
-        self.window_ops = [linearize_batch(model, patches[g], method, graph=graph) for g in groups]
-        outs: list[Tensor] = [op.output for op in self.window_ops if op.output is not None]
+        self.window_ops: list[LinearOperator] = []
+        outs: list[Tensor] = []
+        for g in groups:  # streaming: each recording is dropped once its output is taken
+            op = linearize_batch(model, self._patches(g), method, graph=graph)
+            if op.output is not None:
+                outs.append(op.output)
+            if not stream:
+                self.window_ops.append(op)
+            del op
         if self.n_zero_windows:  # all-zero windows: A = 0 there, but F(0) may not be 0
             with torch.no_grad(), eval_mode(model):
-                f0 = model(torch.zeros_like(patches[:1]))
+                f0 = model(xp.new_zeros(1, xp.shape[0], *grid.roi_size))
             alive = set(self._live)
             dead = [i for i in range(self.n_windows) if i not in alive]
             groups = [*groups, dead]
@@ -232,6 +251,21 @@ class SlidingWindowOperator(LinearOperator):
         self._norm = norm
         stitched = self._stitch(groups, [o.unsqueeze(1) for o in outs], shape[0])
         self.output = stitched[0]
+
+    # -- the windows -------------------------------------------------------------------------
+    def _patches(self, group: list[int]) -> Tensor:
+        """``(len(group), C, *roi)``: the windows of the padded volume."""
+        return torch.stack([self._xp[(slice(None), *self.grid.windows[i])] for i in group])
+
+    def _window_op(self, j: int) -> LinearOperator:
+        """The batched operator of window group ``j``: kept, or recorded now when streaming."""
+        if not self.stream:
+            return self.window_ops[j]
+        with warnings.catch_warnings():  # a fallback warning was already given at construction
+            warnings.simplefilter("ignore")
+            return linearize_batch(
+                self._model, self._patches(self._groups[j]), self._method, graph=self._graph
+            )
 
     # -- linear pieces -----------------------------------------------------------------------
     def _pad(self, T: Tensor) -> Tensor:
@@ -274,27 +308,32 @@ class SlidingWindowOperator(LinearOperator):
 
     # -- the operator ------------------------------------------------------------------------
     def _matmat(self, Y: Tensor) -> Tensor:
-        Yp = self._pad(Y[0])
-        outs = []
-        for group, op in zip(self._groups, self.window_ops, strict=True):
-            P = torch.stack([Yp[(slice(None), slice(None), *self.grid.windows[i])] for i in group])
-            outs.append(op.matmat(P))
-        if not outs:
+        if not self._groups:
             return Y.new_zeros(1, Y.shape[1], *self.out_shape)
-        return self._stitch(self._groups, outs, self.out_shape[0]).unsqueeze(0)
+        Yp = self._pad(Y[0])
+        vol = Y.new_zeros(Y.shape[1], self.out_shape[0], *self.grid.padded_size)
+        for j, group in enumerate(self._groups):  # stitched group by group, in window order
+            op = self._window_op(j)
+            P = torch.stack([Yp[(slice(None), slice(None), *self.grid.windows[i])] for i in group])
+            for i, o in zip(group, op.matmat(P), strict=True):
+                vol[(slice(None), slice(None), *self.grid.windows[i])] += o * self.weights
+            del op, P
+        return (vol / self._norm)[self._crop()].unsqueeze(0)
 
     def _rmatmat(self, Z: Tensor) -> Tensor:
         vol = Z.new_zeros(Z.shape[1], self.out_shape[0], *self.grid.padded_size)
         vol[self._crop()] = Z[0]
         vol = vol / self._norm
         grad = Z.new_zeros(Z.shape[1], self.in_shape[0], *self.grid.padded_size)
-        for group, op in zip(self._groups, self.window_ops, strict=True):
+        for j, group in enumerate(self._groups):
+            op = self._window_op(j)
             Q = (
                 torch.stack([vol[(slice(None), slice(None), *self.grid.windows[i])] for i in group])
                 * self.weights
             )
             for i, g in zip(group, op.rmatmat(Q), strict=True):
                 grad[(slice(None), slice(None), *self.grid.windows[i])] += g
+            del op, Q
         return self._pad_adjoint(grad).unsqueeze(0)
 
 
@@ -309,6 +348,7 @@ def sliding_window_operator(
     padding_mode: PaddingMode = "constant",
     method: Method = "auto",
     graph: fx.GraphModule | None = None,
+    stream: bool = False,
 ) -> SlidingWindowOperator:
     """A[x] of a whole volume under MONAI-style sliding-window inference.
 
@@ -333,6 +373,9 @@ def sliding_window_operator(
         method: how to linearise each window, see :func:`~rprselect.linearize`.
         graph: the model traced once (:func:`~rprselect.linearize.prepare_graph`), reused by
             every window group instead of tracing again.
+        stream: record each window group again in every product instead of keeping all the
+            recordings (memory of ``sw_batch_size`` windows instead of all of them, for about
+            twice the network time; see the module docstring).
 
     Returns:
         A :class:`SlidingWindowOperator` (unbatched; use it with :func:`~rprselect.svd`).
@@ -362,6 +405,8 @@ def sliding_window_operator(
         )
     if isinstance(sw_batch_size, bool) or not isinstance(sw_batch_size, int) or sw_batch_size < 1:
         raise ValueError(f"sw_batch_size must be an int >= 1, got {sw_batch_size!r}")
+    if not isinstance(stream, bool):
+        raise TypeError(f"stream must be a bool, got {type(stream).__name__} {stream!r}")
     if padding_mode not in _PAD_MODES:
         raise ValueError(f"padding_mode must be one of {_PAD_MODES}, got {padding_mode!r}")
     if not torch.isfinite(x).all():
@@ -371,5 +416,5 @@ def sliding_window_operator(
     grid = window_grid(tuple(x.shape[1:]), roi_size, overlap)
     weights = importance_map(grid.roi_size, mode, sigma_scale, dtype=x.dtype, device=x.device)
     return SlidingWindowOperator(
-        model, x, grid, weights, sw_batch_size, padding_mode, method, graph
+        model, x, grid, weights, sw_batch_size, padding_mode, method, graph, stream
     )

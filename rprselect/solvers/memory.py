@@ -17,8 +17,12 @@ the activations of one window and one vector in a pass, and ``g`` the sliding-wi
 is the volume. :func:`window_costs` measures ``r_w`` and ``a_w`` on one window;
 :func:`plan_memory` then picks, in this order of preference, the default basis (fewest
 products), one vector per pass, and the largest ``g`` that fits; when the bases alone do not
-fit it shrinks ``n_cv`` down to ``k + b + 1`` (more products, same answer), and it raises a
-``ValueError`` that names every term when even that does not fit.
+fit it shrinks ``n_cv`` down to ``k + b + 1`` (more products, same answer). When even that
+leaves no room for the recordings of all windows and ``allow_stream`` is set, it plans a
+*streaming* operator (``SlidingWindowOperator(stream=True)``), whose recordings term is
+``g r_w`` (one group alive at a time) instead of ``N_w r_w``, at the price of a recording
+per group per product. It raises a ``ValueError`` that names every term when nothing fits.
+:func:`plan_sliding` measures the costs on one window of a volume and plans its solve.
 """
 
 from __future__ import annotations
@@ -29,7 +33,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
-__all__ = ["MemoryPlan", "describe", "parse_memory", "plan_memory", "window_costs"]
+__all__ = ["MemoryPlan", "describe", "parse_memory", "plan_memory", "plan_sliding", "window_costs"]
 
 _UNITS = {"": 1, "B": 1, "K": 2**10, "M": 2**20, "G": 2**30, "T": 2**40}
 
@@ -62,6 +66,7 @@ class MemoryPlan:
         sw_batch_size: windows per pass (the sliding-window option).
         predicted_bytes: the modelled peak.
         terms: the peak's terms by name, in bytes.
+        stream: record window groups again per product instead of keeping every recording.
     """
 
     ncv: int
@@ -69,6 +74,7 @@ class MemoryPlan:
     sw_batch_size: int
     predicted_bytes: int
     terms: dict[str, int]
+    stream: bool = False
 
 
 def window_costs(model: nn.Module, window: Tensor) -> tuple[int, int]:
@@ -79,9 +85,16 @@ def window_costs(model: nn.Module, window: Tensor) -> tuple[int, int]:
     of every leaf module of a no-grad forward pass of the window (the frozen pass keeps its
     intermediates until the pass ends).
     """
+    r_w, a_w, _ = _costs(model, window)
+    return r_w, a_w
+
+
+def _costs(model: nn.Module, window: Tensor) -> tuple[int, int, tuple[int, ...]]:
+    """:func:`window_costs` and the window's output shape."""
     from ..linearize import linearize_batch
 
     op = linearize_batch(model, window.unsqueeze(0))
+    out_shape = tuple(op.out_shape)
     seen: dict[int, int] = {}
     for rule in getattr(getattr(op, "adjoint_network", None), "layers", []):
         for t in _tensors(rule):
@@ -100,7 +113,7 @@ def window_costs(model: nn.Module, window: Tensor) -> tuple[int, int]:
     finally:
         for h in handles:
             h.remove()
-    return sum(seen.values()), total[0]
+    return sum(seen.values()), total[0], out_shape
 
 
 def _tensors(module: nn.Module) -> list[Tensor]:
@@ -125,6 +138,7 @@ def plan_memory(
     dtype_bytes: int = 4,
     block_sizes: tuple[int, ...] = (1,),
     ncv: int | None = None,
+    allow_stream: bool = False,
 ) -> MemoryPlan:
     """Basis size, vectors per pass and windows per pass that fit ``max_memory``.
 
@@ -136,37 +150,35 @@ def plan_memory(
         dtype_bytes: bytes of the network's dtype.
         block_sizes: vectors per pass to consider, preferred first.
         ncv: the basis wanted (default: the solver's default, ``max(2k + 2b, k + 16)``).
+        allow_stream: when the recordings of all windows do not fit, plan a streaming
+            operator (recordings of one group of ``g`` windows alive at a time).
 
     Raises:
         ValueError: the budget cannot hold even the smallest basis; the message gives every
             term of the model.
     """
     budget = parse_memory(max_memory)
-    best: MemoryPlan | None = None
-    for b in block_sizes:
-        want = ncv or max(2 * k + 2 * b, k + 16)
-        for cv in range(want, k + b, -1):  # down to k + b + 1
-            fixed = (
-                8 * (cv + b) * (m + n) + n_windows * record_bytes + 2 * dtype_bytes * b * (m + n)
-            )
-            room = budget - fixed
-            g = min(n_windows, room // max(b * pass_bytes, 1)) if room > 0 else 0
-            if g >= 1:
-                terms = {
-                    "bases": 8 * (cv + b) * (m + n),
-                    "records": n_windows * record_bytes,
-                    "pass": int(g) * b * pass_bytes,
-                    "blocks": 2 * dtype_bytes * b * (m + n),
-                }
-                best = MemoryPlan(cv, b, int(g), sum(terms.values()), terms)
-                break
-        if best is not None:
-            return best
+    for stream in (False, True) if allow_stream and n_windows > 1 else (False,):
+        for b in block_sizes:
+            want = ncv or max(2 * k + 2 * b, k + 16)
+            for cv in range(want, k + b, -1):  # down to k + b + 1
+                fixed = 8 * (cv + b) * (m + n) + 2 * dtype_bytes * b * (m + n)
+                per_window = b * pass_bytes + (record_bytes if stream else 0)
+                room = budget - fixed - (0 if stream else n_windows * record_bytes)
+                g = min(n_windows, room // max(per_window, 1)) if room > 0 else 0
+                if g >= 1:
+                    terms = {
+                        "bases": 8 * (cv + b) * (m + n),
+                        "records": (int(g) if stream else n_windows) * record_bytes,
+                        "pass": int(g) * b * pass_bytes,
+                        "blocks": 2 * dtype_bytes * b * (m + n),
+                    }
+                    return MemoryPlan(cv, b, int(g), sum(terms.values()), terms, stream)
     b = block_sizes[0]
     cv = k + b + 1
     need = {
         "bases": 8 * (cv + b) * (m + n),
-        "records": n_windows * record_bytes,
+        "records": (1 if allow_stream else n_windows) * record_bytes,
         "pass": b * pass_bytes,
         "blocks": 2 * dtype_bytes * b * (m + n),
     }
@@ -174,14 +186,70 @@ def plan_memory(
     raise ValueError(
         f"max_memory={max_memory!r} ({budget / 2**30:.2f} GiB) is below the smallest rank-{k} "
         f"solve of this input: {shown} (total {sum(need.values()) / 2**30:.2f} GiB) with "
-        f"ncv={cv}, one vector and one window per pass; raise max_memory or lower k"
+        f"ncv={cv}, one vector and one window per pass"
+        f"{' (streaming)' if allow_stream and n_windows > 1 else ''}; raise max_memory or lower k"
     )
+
+
+def plan_sliding(
+    model: nn.Module,
+    x: Tensor,
+    window: dict[str, object],
+    k: int,
+    max_memory: int | str,
+    block_size: int = 1,
+    ncv: int | None = None,
+) -> MemoryPlan:
+    """Plan the sliding-window solve of volume ``x`` ``(C, *spatial)`` within ``max_memory``.
+
+    Measures :func:`window_costs` on the first window of the grid (one recording and one
+    forward pass of a window), counts the windows, and calls :func:`plan_memory` with
+    ``allow_stream=True``. ``sw_batch_size`` in ``window`` (when given) caps the plan's.
+
+    Args:
+        model: the segmentation network. x: one volume. window: the keyword arguments of
+            :func:`~rprselect.sliding_window_operator` (``roi_size``, ``overlap``, ...).
+        k: triplets. max_memory: the budget. block_size, ncv: the solver's wishes.
+    """
+    from ..sliding import window_grid
+
+    overlap = window.get("overlap", 0.25)
+    grid = window_grid(tuple(x.shape[1:]), window["roi_size"], overlap)  # type: ignore[arg-type]
+    flat = [p for before_after in reversed(grid.pad) for p in before_after]
+    xp = torch.nn.functional.pad(x, flat) if any(flat) else x
+    patches = (xp[(slice(None), *w)] for w in grid.windows)
+    # the costs depend on the window's shape only; a linearisation point must not be all zero
+    first = next((p for p in patches if bool(p.any())), x.new_ones(x.shape[0], *grid.roi_size))
+    record, pass_bytes, out_shape = _costs(model, first)
+    n = x.numel()
+    m = out_shape[0] * x[0].numel()
+    plan = plan_memory(
+        max_memory,
+        n=n,
+        m=m,
+        k=k,
+        record_bytes=record,
+        pass_bytes=pass_bytes,
+        n_windows=len(grid.windows),
+        dtype_bytes=x.element_size(),
+        block_sizes=(block_size,),
+        ncv=ncv,
+        allow_stream=True,
+    )
+    cap = window.get("sw_batch_size")
+    if isinstance(cap, int) and cap < plan.sw_batch_size:  # the user asked for fewer windows
+        terms = dict(plan.terms, **{"pass": cap * block_size * pass_bytes})
+        if plan.stream:
+            terms["records"] = cap * record
+        plan = MemoryPlan(plan.ncv, block_size, cap, sum(terms.values()), terms, plan.stream)
+    return plan
 
 
 def describe(plan: MemoryPlan) -> str:
     """One line: the chosen knobs and the predicted peak by term."""
     terms = ", ".join(f"{k} {v / 2**20:.0f} MiB" for k, v in plan.terms.items())
     return (
-        f"ncv={plan.ncv}, block_size={plan.block_size}, sw_batch_size={plan.sw_batch_size}: "
+        f"ncv={plan.ncv}, block_size={plan.block_size}, sw_batch_size={plan.sw_batch_size}"
+        f"{', streaming' if plan.stream else ''}: "
         f"{plan.predicted_bytes / 2**30:.2f} GiB ({terms})"
     )
