@@ -211,7 +211,7 @@ class Engine:
             if config.max_memory is not None:  # fit the budget (solvers.memory.plan_sliding)
                 plan = self._plan(x, window)
                 window["sw_batch_size"], stream = plan.sw_batch_size, plan.stream
-                config = config.replace(ncv=plan.ncv)
+                config = config.replace(ncv=plan.ncv, basis_dtype=plan.basis_dtype)
             op = sliding_window_operator(
                 self.model,
                 x,
@@ -237,7 +237,7 @@ class Engine:
             k = self.k or self.settings.k or DEFAULT_K
             assert c.max_memory is not None
             self._plans[key] = plan_sliding(
-                self.model, x, window, k, c.max_memory, c.block_size, c.ncv
+                self.model, x, window, k, c.max_memory, c.block_size, c.ncv, c.basis_dtype
             )
         return self._plans[key]
 

@@ -242,7 +242,7 @@ class ScoreSettings:
             "tol": self.tol,
             "solver": self.solver,
             "method": self.method,
-            "config": dataclasses.asdict(self.config),
+            "config": _config_key(self.config),
             "window": self.window,
             "num_classes": self.num_classes,
             "label_scale": self.label_scale,
@@ -257,6 +257,15 @@ class ScoreSettings:
             "labels": lab,
             "settings": json.loads(json.dumps(settings, sort_keys=True, default=str)),
         }
+
+
+def _config_key(config: SolverConfig) -> dict[str, Any]:
+    """The solver knobs of the cache key; a default ``basis_dtype`` is left out, so that keys
+    written before that knob existed still match."""
+    key = dataclasses.asdict(config)
+    if key.get("basis_dtype") == "float64":
+        del key["basis_dtype"]
+    return key
 
 
 def content_hash(x: torch.Tensor) -> str:

@@ -95,3 +95,43 @@ def test_streaming_plan_names_the_terms_when_nothing_fits() -> None:
     with pytest.raises(ValueError, match=r"records 1\.00 GiB.*\(streaming\)"):
         plan_memory("4GB", n=10**8, m=10**8, k=10, record_bytes=2**30, pass_bytes=2**28,
                     n_windows=18, allow_stream=True)  # fmt: skip
+
+
+def test_paper_case_plan_fits_8gb() -> None:
+    """240x240x155, 4 channels, 128³ ROI, PocketUNet(4, 2, dims=3, depth=5, filters=32).
+
+    The costs are measured on a 32³ window and scaled by (128/32)³: recordings and activations
+    of a fully convolutional network grow with the voxels (the kernels do not, so this
+    overestimates). Kept: 18 windows x ~1.4 GiB of recordings; the plan has to stream.
+    """
+    torch.manual_seed(0)
+    paper = PocketUNet(4, 2, dims=3, depth=5, filters=32).eval()
+    r32, a32 = window_costs(paper, torch.rand(4, 32, 32, 32))
+    r_w, a_w = 64 * r32, 64 * a32
+    n_win = len(window_grid((240, 240, 155), 128, 0.25).windows)
+    vox = 240 * 240 * 155
+    case = dict(n=4 * vox, m=2 * vox, k=10, record_bytes=r_w, pass_bytes=a_w, n_windows=n_win)
+    assert n_win == 18 and n_win * r_w > 20 * 2**30  # all recordings: ~26 GiB
+    with pytest.raises(ValueError, match="below the smallest rank-10"):
+        plan_memory("8GB", **case)  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match=r"\(streaming\)"):  # float64 bases alone: >= 5.2 GiB
+        plan_memory("8GB", allow_stream=True, **case)  # type: ignore[arg-type]
+    plan = plan_memory("8GB", allow_stream=True, basis_bytes=(8, 4), **case)  # type: ignore[arg-type]
+    assert plan.stream and plan.basis_dtype == "float32" and plan.sw_batch_size == 1
+    assert plan.predicted_bytes <= 8 * 2**30 and plan.ncv >= 11
+    assert plan.terms["records"] == r_w  # one window's recording alive, not 18
+    roomy = plan_memory("64GB", allow_stream=True, basis_bytes=(8, 4), **case)  # type: ignore[arg-type]
+    assert not roomy.stream and roomy.basis_dtype == "float64"
+
+
+def test_float32_bases_agree_with_float64_to_their_rounding(net, volume) -> None:
+    op = sliding_window_operator(net, volume, roi_size=8, overlap=0.5)
+    f64 = rprselect.svd(op, k=3, tol=1e-10, solver="lanczos")
+    f32 = rprselect.svd(op, k=3, tol=1e-4, solver="lanczos",
+                        config=SolverConfig(basis_dtype="float32"))  # fmt: skip
+    assert f32.V.dtype == torch.float32 and bool(f32.converged.all())
+    torch.testing.assert_close(f32.S.double(), f64.S, rtol=1e-4, atol=0)
+    rpr32, rpr64 = rprselect.rpr(f32, volume), rprselect.rpr(f64, volume)
+    torch.testing.assert_close(rpr32.double(), rpr64.double(), rtol=0, atol=1e-4)
+    with pytest.raises(ValueError, match="basis_dtype must be 'float64' or 'float32', got 'f16'"):
+        SolverConfig(basis_dtype="f16")

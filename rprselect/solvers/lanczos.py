@@ -151,17 +151,26 @@ def _orthonormalize(
 
 
 def _fit_ncv(
-    budget: int | str, ncv: int, k: int, b: int, B: int, m: int, n: int, dtype: torch.dtype
+    budget: int | str,
+    ncv: int,
+    k: int,
+    b: int,
+    B: int,
+    m: int,
+    n: int,
+    dtype: torch.dtype,
+    basis_dtype: str = "float64",
 ) -> int:
-    """The largest basis ``<= ncv`` whose float64 bases and blocks fit ``budget``."""
+    """The largest basis ``<= ncv`` whose bases and blocks fit ``budget``."""
     from .memory import parse_memory
 
     limit = parse_memory(budget)
     block = 2 * B * b * (m + n) * dtype.itemsize
+    w = getattr(torch, basis_dtype).itemsize
     for cv in range(ncv, k + b, -1):
-        if 8 * B * (cv + b) * (m + n) + block <= limit:
+        if w * B * (cv + b) * (m + n) + block <= limit:
             return cv
-    need = 8 * B * (k + 2 * b + 1) * (m + n) + block
+    need = w * B * (k + 2 * b + 1) * (m + n) + block
     raise ValueError(
         f"max_memory={budget!r} is below the smallest rank-{k} Lanczos solve of this operator: "
         f"{need / 2**30:.2f} GiB of bases and blocks for {B} sample(s) of {m} x {n}"
@@ -211,10 +220,10 @@ def lanczos_svd(
     B, b = op.n_samples, min(config.block_size, m, n)  # a block can't outgrow the matrix
     ncv = max(config.ncv or _default_ncv(k, b, m, n), k + b)
     if config.max_memory is not None:
-        ncv = _fit_ncv(config.max_memory, ncv, k, b, B, m, n, op.dtype)
+        ncv = _fit_ncv(config.max_memory, ncv, k, b, B, m, n, op.dtype, config.basis_dtype)
     # Products run in the network's dtype; the bases are kept in float64, as SLEPc keeps its
     # vectors: in float32 the attainable residual at 64^3 was ~1.5e-4, above the usual tol 1e-4.
-    dt, dev = torch.float64, op.device
+    dt, dev = getattr(torch, config.basis_dtype), op.device
     gen = torch.Generator().manual_seed(config.seed)
     before_p, before_n = op.n_products, op.n_passes
 
@@ -228,7 +237,8 @@ def lanczos_svd(
     Vt[:, :bv] = _orthonormalize(start, Vt[:, :0], bv, gen)[0]
     E = torch.zeros(B, bv, 0, dtype=dt, device=dev)  # (I - VV^T) A^T U = P E
     reason = "max_iter"
-    floor = 8 * torch.finfo(op.dtype).eps  # rounding of a product, relative to |A|
+    # rounding of a product (or of the bases, when coarser), relative to |A|
+    floor = 8 * max(torch.finfo(op.dtype).eps, torch.finfo(dt).eps)
     X = S = Y = torch.zeros(B, 0, 0, dtype=dt, device=dev)
 
     for step in range(1, config.max_iter + 1):

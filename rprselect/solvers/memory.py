@@ -27,6 +27,7 @@ per group per product. It raises a ``ValueError`` that names every term when not
 
 from __future__ import annotations
 
+import dataclasses
 import re
 from dataclasses import dataclass
 
@@ -67,6 +68,7 @@ class MemoryPlan:
         predicted_bytes: the modelled peak.
         terms: the peak's terms by name, in bytes.
         stream: record window groups again per product instead of keeping every recording.
+        basis_dtype: the Lanczos bases' dtype (``SolverConfig.basis_dtype``).
     """
 
     ncv: int
@@ -75,6 +77,7 @@ class MemoryPlan:
     predicted_bytes: int
     terms: dict[str, int]
     stream: bool = False
+    basis_dtype: str = "float64"
 
 
 def window_costs(model: nn.Module, window: Tensor) -> tuple[int, int]:
@@ -139,6 +142,7 @@ def plan_memory(
     block_sizes: tuple[int, ...] = (1,),
     ncv: int | None = None,
     allow_stream: bool = False,
+    basis_bytes: tuple[int, ...] = (8,),
 ) -> MemoryPlan:
     """Basis size, vectors per pass and windows per pass that fit ``max_memory``.
 
@@ -152,32 +156,36 @@ def plan_memory(
         ncv: the basis wanted (default: the solver's default, ``max(2k + 2b, k + 16)``).
         allow_stream: when the recordings of all windows do not fit, plan a streaming
             operator (recordings of one group of ``g`` windows alive at a time).
+        basis_bytes: bytes per basis number to consider, preferred first: ``(8, 4)`` falls
+            back to float32 bases (``SolverConfig(basis_dtype="float32")``) when float64
+            ones cannot fit, with or without streaming.
 
     Raises:
         ValueError: the budget cannot hold even the smallest basis; the message gives every
             term of the model.
     """
     budget = parse_memory(max_memory)
-    for stream in (False, True) if allow_stream and n_windows > 1 else (False,):
-        for b in block_sizes:
-            want = ncv or max(2 * k + 2 * b, k + 16)
-            for cv in range(want, k + b, -1):  # down to k + b + 1
-                fixed = 8 * (cv + b) * (m + n) + 2 * dtype_bytes * b * (m + n)
-                per_window = b * pass_bytes + (record_bytes if stream else 0)
-                room = budget - fixed - (0 if stream else n_windows * record_bytes)
-                g = min(n_windows, room // max(per_window, 1)) if room > 0 else 0
-                if g >= 1:
-                    terms = {
-                        "bases": 8 * (cv + b) * (m + n),
-                        "records": (int(g) if stream else n_windows) * record_bytes,
-                        "pass": int(g) * b * pass_bytes,
-                        "blocks": 2 * dtype_bytes * b * (m + n),
-                    }
-                    return MemoryPlan(cv, b, int(g), sum(terms.values()), terms, stream)
-    b = block_sizes[0]
+    streams = (False, True) if allow_stream and n_windows > 1 else (False,)
+    for w, stream, b in ((w, st, b) for w in basis_bytes for st in streams for b in block_sizes):
+        want = ncv or max(2 * k + 2 * b, k + 16)
+        for cv in range(want, k + b, -1):  # down to k + b + 1
+            fixed = w * (cv + b) * (m + n) + 2 * dtype_bytes * b * (m + n)
+            per_window = b * pass_bytes + (record_bytes if stream else 0)
+            room = budget - fixed - (0 if stream else n_windows * record_bytes)
+            g = min(n_windows, room // max(per_window, 1)) if room > 0 else 0
+            if g >= 1:
+                terms = {
+                    "bases": w * (cv + b) * (m + n),
+                    "records": (int(g) if stream else n_windows) * record_bytes,
+                    "pass": int(g) * b * pass_bytes,
+                    "blocks": 2 * dtype_bytes * b * (m + n),
+                }
+                basis = "float64" if w == 8 else "float32"
+                return MemoryPlan(cv, b, int(g), sum(terms.values()), terms, stream, basis)
+    b, w = block_sizes[0], min(basis_bytes)
     cv = k + b + 1
     need = {
-        "bases": 8 * (cv + b) * (m + n),
+        "bases": w * (cv + b) * (m + n),
         "records": (1 if allow_stream else n_windows) * record_bytes,
         "pass": b * pass_bytes,
         "blocks": 2 * dtype_bytes * b * (m + n),
@@ -199,12 +207,15 @@ def plan_sliding(
     max_memory: int | str,
     block_size: int = 1,
     ncv: int | None = None,
+    basis_dtype: str = "float64",
 ) -> MemoryPlan:
     """Plan the sliding-window solve of volume ``x`` ``(C, *spatial)`` within ``max_memory``.
 
     Measures :func:`window_costs` on the first window of the grid (one recording and one
     forward pass of a window), counts the windows, and calls :func:`plan_memory` with
-    ``allow_stream=True``. ``sw_batch_size`` in ``window`` (when given) caps the plan's.
+    ``allow_stream=True``, float64 bases first and float32 ones when those cannot fit (only
+    float32 when ``basis_dtype="float32"`` is asked for). ``sw_batch_size`` in ``window``
+    (when given) caps the plan's.
 
     Args:
         model: the segmentation network. x: one volume. window: the keyword arguments of
@@ -235,13 +246,16 @@ def plan_sliding(
         block_sizes=(block_size,),
         ncv=ncv,
         allow_stream=True,
+        basis_bytes=(8, 4) if basis_dtype == "float64" else (4,),
     )
     cap = window.get("sw_batch_size")
     if isinstance(cap, int) and cap < plan.sw_batch_size:  # the user asked for fewer windows
         terms = dict(plan.terms, **{"pass": cap * block_size * pass_bytes})
         if plan.stream:
             terms["records"] = cap * record
-        plan = MemoryPlan(plan.ncv, block_size, cap, sum(terms.values()), terms, plan.stream)
+        plan = dataclasses.replace(
+            plan, sw_batch_size=cap, predicted_bytes=sum(terms.values()), terms=terms
+        )
     return plan
 
 
@@ -250,6 +264,6 @@ def describe(plan: MemoryPlan) -> str:
     terms = ", ".join(f"{k} {v / 2**20:.0f} MiB" for k, v in plan.terms.items())
     return (
         f"ncv={plan.ncv}, block_size={plan.block_size}, sw_batch_size={plan.sw_batch_size}"
-        f"{', streaming' if plan.stream else ''}: "
+        f"{', streaming' if plan.stream else ''}, {plan.basis_dtype} bases: "
         f"{plan.predicted_bytes / 2**30:.2f} GiB ({terms})"
     )

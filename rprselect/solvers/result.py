@@ -32,6 +32,11 @@ class SolverConfig:
             and a ``ValueError`` names the shortfall when even ``k + b + 1`` vectors do not.
             The sliding-window engine plans windows per pass with
             :func:`~rprselect.solvers.memory.plan_memory` under the same budget.
+        basis_dtype: ``"float64"`` (the default) or ``"float32"``, the dtype of the Lanczos
+            bases: float32 halves their memory, but its rounding limits the attainable
+            relative residual to about 1e-4 at 64³ (enough for ``tol="rank"`` or ``tol`` of
+            1e-3; the ``converged`` flags report what was reached). The sliding-window memory
+            plan picks it only when float64 bases cannot fit the budget.
     """
 
     block_size: int = 1
@@ -42,8 +47,13 @@ class SolverConfig:
     slepc_type: str = "cross"
     slepc_max_it: int = 10_000
     max_memory: int | str | None = None
+    basis_dtype: str = "float64"
 
     def __post_init__(self) -> None:
+        if self.basis_dtype not in ("float64", "float32"):
+            raise ValueError(
+                f"basis_dtype must be 'float64' or 'float32', got {self.basis_dtype!r}"
+            )
         if self.max_memory is not None:
             from .memory import parse_memory
 
