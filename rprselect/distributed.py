@@ -37,8 +37,7 @@ from torch.utils.data import (
 )
 
 from .cache import ScoreCache, rank_cache_path, read_all
-from .engine import (
-    Engine,
+from .driving import (
     batch_for,
     labels_array,
     model_device,
@@ -48,6 +47,7 @@ from .engine import (
     settings_from,
     warn_summary,
 )
+from .engine import Engine
 from .linearize import Method
 from .pool import PoolItem, check_item, iter_pool, pool_size
 from .ranks import Group, describe, is_distributed_launch, is_main_rank, join, raise_first

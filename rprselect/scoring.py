@@ -17,10 +17,8 @@ import torch
 from torch import nn
 
 from .cache import ScoreCache, read_all
-from .engine import (
-    Engine,
+from .driving import (
     batch_for,
-    default_batch_size,
     labels_array,
     model_device,
     progress_bar,
@@ -29,6 +27,7 @@ from .engine import (
     settings_from,
     warn_summary,
 )
+from .engine import Engine, default_batch_size
 from .linearize import Method
 from .pool import PoolItem, PoolItemError, check_item, iter_pool, pool_size
 from .settings import DEFAULT_K, Errors, ScoreSettings, content_hash

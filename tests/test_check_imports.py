@@ -48,6 +48,8 @@ def test_the_library_itself_has_no_cycle_and_no_benchmark_import() -> None:
     assert ci.cycles(graph) == []
     assert "rprselect.engine" in graph["rprselect.scoring"]
     assert "rprselect.engine" in graph["rprselect.distributed"]
+    assert "rprselect.driving" in graph["rprselect.scoring"]
+    assert "rprselect.driving" in graph["rprselect.distributed"]
     assert "rprselect.scoring" not in graph["rprselect.distributed"]
     leaks = {
         m

@@ -246,8 +246,6 @@ def test_default_batch_size_follows_the_sample_size() -> None:
 
 
 def test_progress_bar_moves_during_a_small_pool(model, pool, monkeypatch) -> None:
-    import rprselect.engine as engine
-
     updates: list[int] = []
 
     class Bar:
@@ -257,7 +255,6 @@ def test_progress_bar_moves_during_a_small_pool(model, pool, monkeypatch) -> Non
         def close(self) -> None:
             pass
 
-    monkeypatch.setattr(engine, "progress_bar", lambda *a, **k: Bar())
     monkeypatch.setattr("rprselect.scoring.progress_bar", lambda *a, **k: Bar())
     score(model, pool, k=2)
     assert sum(updates) == len(pool) and len(updates) >= 5, updates
