@@ -209,7 +209,13 @@ def build_parser(argv: Sequence[str] = ()) -> argparse.ArgumentParser:
         type=_tol,
         default=1e-4,
         help="solver tolerance, or 'rank': stop once every RPR(x; k) is certified within "
-        "0.01 (the ranking mode; lanczos/auto solvers only) (default: 1e-4)",
+        "--rank-delta (the ranking mode; lanczos/auto solvers only) (default: 1e-4)",
+    )
+    sc.add_argument(
+        "--rank-delta",
+        type=float,
+        default=0.01,
+        help="with --tol rank: the certified accuracy of RPR(x; k), in (0, 1) (default: 0.01)",
     )
     sc.add_argument(
         "--solver",

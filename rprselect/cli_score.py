@@ -230,6 +230,7 @@ def run_score(args: argparse.Namespace) -> int:
                 pool,
                 k=args.k,
                 tol=args.tol,
+                rank_delta=args.rank_delta,
                 solver=args.solver,
                 device=device,
                 batch_size=args.batch_size,

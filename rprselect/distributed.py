@@ -209,6 +209,7 @@ def score(
     errors: Errors = "auto",
     roi_size: Sequence[int] | None = None,
     sliding: Mapping[str, Any] | None = None,
+    rank_delta: float = 0.01,
     settings: ScoreSettings | None = None,
 ) -> DistributedScoreTable:
     """:func:`~rprselect.score` shared among the ranks of a process group.
@@ -256,6 +257,7 @@ def score(
         num_classes=num_classes,
         errors=errors,
         image_key=image_key,
+        rank_delta=rank_delta,
     )
     if settings is None and device is not None:
         s = s.replace(device=device)

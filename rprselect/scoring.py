@@ -58,6 +58,7 @@ def score(
     roi_size: Sequence[int] | None = None,
     sliding: Mapping[str, Any] | None = None,
     distributed: bool = False,
+    rank_delta: float = 0.01,
     settings: ScoreSettings | None = None,
 ) -> ScoreTable:
     """RPR(x; r) for r = 1..k of every sample of a pool (paper Eq. 10), in one table.
@@ -71,7 +72,7 @@ def score(
             sequential order, or a :class:`~rprselect.pool.FilePool` from
             :func:`~rprselect.pool.load_pool`.
         k, tol, solver, device, batch_size, num_classes, config, method, image_key, errors,
-            roi_size, sliding: the settings, as in :class:`~rprselect.ScoreSettings`
+            roi_size, sliding, rank_delta: the settings, as in :class:`~rprselect.ScoreSettings`
             (``k=None`` takes ``min(10, min(m, n))`` for the model).
         cache: a JSON Lines file (see :mod:`rprselect.cache`). Finished samples are appended
             after every batch; a rerun (in one process or under torchrun) reuses every row
@@ -111,6 +112,7 @@ def score(
         num_classes=num_classes,
         errors=errors,
         image_key=image_key,
+        rank_delta=rank_delta,
     )
     if distributed:  # the torchrun driver, imported only when asked for
         from . import distributed as torchrun

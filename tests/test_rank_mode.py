@@ -130,3 +130,29 @@ def test_cli_tol_rank(tmp_path: Path, capsys) -> None:
     assert t.converged.all()
     assert main([*argv[:-1], "fast"]) == 2
     assert "must be a number > 0 or 'rank', got 'fast'" in capsys.readouterr().err
+
+
+def test_rank_delta_reaches_the_settings_from_score_and_the_cli(tmp_path: Path, capsys) -> None:
+    """``score(rank_delta=...)`` and ``--rank-delta`` set the certified accuracy: a coarser δ
+    lands in the cache key and keeps every RPR within that δ of the dense oracle."""
+    from cli_models import tiny_seg3d
+
+    X = torch.from_numpy(np.random.default_rng(1).random((3, 1, 6, 6, 6))).float()
+    want = score(tiny_seg3d(), X, k=3, solver="dense", progress=False)
+    cache = tmp_path / "c.jsonl"
+    got = score(tiny_seg3d(), X, k=3, tol="rank", rank_delta=0.05, cache=str(cache), progress=False)
+    assert np.all(np.abs(got.rpr - want.rpr) <= 0.05)
+    assert '"rank_delta": 0.05' in cache.read_text().splitlines()[0]
+    with pytest.raises(ValueError, match="rank_delta"):
+        score(tiny_seg3d(), X, k=3, tol="rank", rank_delta=1.5, progress=False)
+    folder = tmp_path / "pool"
+    folder.mkdir()
+    for i, x in enumerate(X.numpy()):
+        np.save(folder / f"v{i}.npy", x)
+    out = tmp_path / "s.csv"
+    argv = ["score", "--model", "cli_models:tiny_seg3d", "--pool", str(folder), "--out", str(out)]
+    argv += ["--k", "3", "--no-progress", "--tol", "rank", "--rank-delta", "0.05"]
+    assert main(argv) == 0, capsys.readouterr().err
+    t = ScoreTable.from_csv(out)
+    got_cli = dict(zip(t.ids, t.rpr, strict=True))
+    assert all(abs(got_cli[f"v{i}.npy"] - r) <= 0.05 for i, r in enumerate(want.rpr))
