@@ -85,7 +85,10 @@ class DemoResult:
         return float((self.predicted[idx] != self.pool_labels[idx]).mean())
 
 
-def _train(model: nn.Module, x: torch.Tensor, y: torch.Tensor, epochs: int, seed: int) -> None:
+def fit_adam(
+    model: nn.Module, x: torch.Tensor, y: torch.Tensor, epochs: int, seed: int
+) -> nn.Module:
+    """The demo's recipe: Adam (lr 1e-3), shuffled batches of 32, cross-entropy; eval mode after."""
     gen = torch.Generator().manual_seed(seed)
     opt = torch.optim.Adam(model.parameters(), lr=1e-3)
     loss_fn = nn.CrossEntropyLoss()
@@ -95,7 +98,7 @@ def _train(model: nn.Module, x: torch.Tensor, y: torch.Tensor, epochs: int, seed
             opt.zero_grad()
             loss_fn(model(x[batch]), y[batch]).backward()
             opt.step()
-    model.eval()
+    return model.eval()
 
 
 def run_demo(
@@ -167,7 +170,7 @@ def _run(
     torch.manual_seed(seed)
     model = MNISTNet(in_size=8)
     t0 = time.perf_counter()
-    _train(model, images[keep], labels[keep], epochs, seed)
+    fit_adam(model, images[keep], labels[keep], epochs, seed)
     seconds = {"train": time.perf_counter() - t0}
 
     pool_x, pool_y = images[pool_idx], labels[pool_idx].numpy()

@@ -166,7 +166,7 @@ def _score_unit(
     cached rows and the failures."""
     cached: list[dict[str, Any]] = []
     failures: list[Failure] = []
-    groups: dict[tuple[int, ...], list[PoolItem]] = {}
+    groups: dict[tuple[int, ...], list[tuple[PoolItem, str]]] = {}
     for it in _load(job.pool, positions, job.names, job.settings.image_key):
         err = it.error or check_item(it, None)
         if err is not None:
@@ -175,11 +175,12 @@ def _score_unit(
             failures.append(Failure(it.id, it.index, err.reason))
             continue
         assert it.x is not None
-        hit = job.known.get((it.id, content_hash(it.x)))
+        h = content_hash(it.x)
+        hit = job.known.get((it.id, h))
         if hit is not None:
             cached.append({**hit, "index": it.index})
         else:
-            groups.setdefault(tuple(it.x.shape), []).append(it)
+            groups.setdefault(tuple(it.x.shape), []).append((it, h))
     new: list[dict[str, Any]] = []
     for items in groups.values():
         rows, bad = score_group(job.engine, items, job.device, job.dtype, job.record)

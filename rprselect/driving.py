@@ -18,7 +18,7 @@ from torch import Tensor, nn
 
 from .engine import Engine, RankError, default_batch_size
 from .pool import FilePool, PoolItem
-from .settings import ScoreSettings, content_hash
+from .settings import ScoreSettings
 from .solvers import NotConvergedWarning, SolverConfig
 from .table import Failure, ScoreTable
 
@@ -94,16 +94,16 @@ def batch_for(settings: ScoreSettings, shape: tuple[int, ...], n: int | None) ->
 
 def score_group(
     engine: Engine,
-    items: list[PoolItem],
+    group: list[tuple[PoolItem, str]],
     device: torch.device,
     dtype: torch.dtype,
     record: bool,
 ) -> tuple[list[dict[str, Any]], list[Failure]]:
-    """One batch of same-shape samples through the engine, as rows with ``id`` and
-    ``content``; a batch the model (or k) rejects is recorded as failures of its samples when
-    ``record``, else raised."""
-    xs = [it.x for it in items if it.x is not None]
-    X = torch.stack(xs).to(device, dtype)
+    """One batch of same-shape samples, each with the content hash the driver already took,
+    through the engine, as rows with ``id`` and ``content``; a batch the model (or k) rejects is
+    recorded as failures of its samples when ``record``, else raised."""
+    items = [it for it, _ in group]
+    X = torch.stack([it.x for it in items if it.x is not None]).to(device, dtype)
     try:
         rows = engine.score_batch(X, [it.index for it in items])
     except RankError:  # a setting, not a sample, is wrong: stop here
@@ -118,8 +118,7 @@ def score_group(
             ) from err
         return [], [Failure(it.id, it.index, str(err)) for it in items]
     return [
-        {"id": it.id, "content": content_hash(x), **row}
-        for it, x, row in zip(items, xs, rows, strict=True)
+        {"id": it.id, "content": h, **row} for (it, h), row in zip(group, rows, strict=True)
     ], []
 
 

@@ -147,7 +147,7 @@ class _Run:
             known = read_all(cache, fp)
             store = ScoreCache(cache, fp)
         engine = Engine(self.model, s, self.labels)
-        groups: dict[tuple[int, ...], list[PoolItem]] = {}
+        groups: dict[tuple[int, ...], list[tuple[PoolItem, str]]] = {}
         bar = progress_bar(self.n, progress)
 
         def flush(shape: tuple[int, ...]) -> None:
@@ -175,7 +175,7 @@ class _Run:
                     bar.update(1)
                     continue
                 shape = tuple(item.x.shape)
-                groups.setdefault(shape, []).append(item)
+                groups.setdefault(shape, []).append((item, h))
                 if len(groups[shape]) >= batch_for(s, shape, self.n):
                     flush(shape)
             for shape in list(groups):

@@ -21,6 +21,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from rprselect.demo import fit_adam
 from rprselect.layers import SumPool
 from rprselect.models import MNISTNet, PocketUNet
 
@@ -104,20 +105,6 @@ def _thin(y: Tensor, rare: tuple[int, ...], keep: float, seed: int) -> Tensor:
     if not rare:
         return torch.arange(len(y))
     return imbalance_indices(y, rare=rare, keep_fraction=keep, seed=seed)
-
-
-def _fit_adam(model: nn.Module, x: Tensor, y: Tensor, epochs: int, seed: int) -> nn.Module:
-    """Adam (lr 1e-3), batches of 32, cross-entropy: the demo's recipe."""
-    gen = torch.Generator().manual_seed(seed)
-    opt = torch.optim.Adam(model.parameters(), lr=1e-3)
-    loss_fn = nn.CrossEntropyLoss()
-    model.train()
-    for _ in range(epochs):
-        for batch in torch.randperm(len(x), generator=gen).split(32):
-            opt.zero_grad()
-            loss_fn(model(x[batch]), y[batch]).backward()
-            opt.step()
-    return model.eval()
 
 
 def _load_or_train(
@@ -205,7 +192,7 @@ def classification_unit(args: argparse.Namespace, s: dict[str, Any], out: Path) 
                 "failure", ImageLabels(Xtr, Ytr), epochs=s["epochs"], seed=args.seed
             )
             return m, {"recipe": "SGD lr 3e-3, batch 32 (paper)", "loss": log.loss}
-        return _fit_adam(m, Xtr, Ytr, s["epochs"], args.seed), {"recipe": "Adam lr 1e-3, batch 32"}
+        return fit_adam(m, Xtr, Ytr, s["epochs"], args.seed), {"recipe": "Adam lr 1e-3, batch 32"}
 
     model, info = _load_or_train(model, out / "models" / "model.pt", args.weights, train)
     counts = torch.bincount(Ytr, minlength=num_classes).tolist()
