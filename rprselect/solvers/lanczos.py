@@ -60,6 +60,9 @@ class LanczosState:
         next_residual: ``(B,)`` absolute residual of Ritz triplet k + 1 (``inf`` when none).
         residual_norm: ``(B,)`` spectral norm of the top-k residual block
             ``A^T U_k - V_k Σ_k = P (E X_k)``, i.e. ``|E X_k|_2``.
+        tail_values: ``(B, r - k)`` the Ritz values after the k-th, descending (``r`` is the
+            size of the projected matrix; empty when ``r = k``).
+        tail_residuals: ``(B, r - k)`` their absolute residuals ``|A^T u - σ v|``.
     """
 
     step: int
@@ -69,6 +72,8 @@ class LanczosState:
     next_value: Tensor
     next_residual: Tensor
     residual_norm: Tensor
+    tail_values: Tensor
+    tail_residuals: Tensor
     _V: Tensor  # (B, p, n) rows: the right basis
     _Y: Tensor  # (B, p, r) right singular vectors of the projected matrix
 
@@ -355,7 +360,8 @@ def _state(
         nxt, nres = S.new_zeros(B), S.new_full((B,), float("inf"))
     top = EX[..., :k]
     rnorm = torch.linalg.matrix_norm(top, ord=2) if top.shape[1] else top.new_zeros(B)
-    return LanczosState(step, S[..., :k], est, spent, nxt, nres, rnorm, V, Y)
+    tail, tres = S[..., k:], EX[..., k:].norm(dim=1)
+    return LanczosState(step, S[..., :k], est, spent, nxt, nres, rnorm, tail, tres, V, Y)
 
 
 def _apply(op: LinearOperator, rows: Tensor, *, adjoint: bool) -> Tensor:
