@@ -52,17 +52,22 @@ class LanczosState:
     Attributes:
         step: block steps done so far (each one A pass and one Aᵀ pass).
         values: ``(B, k)`` Ritz values, descending (float64). They are lower bounds of the
-            true singular values (Cauchy interlacing), ``values[:, i] <= σ_i``.
+            true singular values (Cauchy interlacing), ``values[:, i] <= σ_i``; once triplets
+            are locked, up to the locked triplets' residuals (the coupling dropped by locking).
         estimates: ``(B, k)`` relative residuals of the top-k Ritz triplets,
-            ``|A^T u - σ v| / σ`` (``A v = σ u`` holds exactly), from ``E`` (no product).
+            ``sqrt(|A^T u - σ v|^2 + |A v - σ u|^2) / σ`` (the second term is zero while
+            nothing is locked), from the projected matrix (no product).
         n_products: products spent so far, per sample.
         next_value: ``(B,)`` Ritz value k + 1 (0 when the projected matrix has only k).
         next_residual: ``(B,)`` absolute residual of Ritz triplet k + 1 (``inf`` when none).
         residual_norm: ``(B,)`` spectral norm of the top-k residual block
-            ``A^T U_k - V_k Σ_k = P (E X_k)``, i.e. ``|E X_k|_2``.
+            ``[A^T U_k - V_k Σ_k; A V_k - U_k Σ_k]`` (``A V_k = U_k Σ_k`` exactly while nothing
+            is locked; then it is ``|E X_k|_2``), an upper bound once triplets are locked.
         tail_values: ``(B, r - k)`` the Ritz values after the k-th, descending (``r`` is the
             size of the projected matrix; empty when ``r = k``).
-        tail_residuals: ``(B, r - k)`` their absolute residuals ``|A^T u - σ v|``.
+        tail_residuals: ``(B, r - k)`` their absolute residuals (both sides, see
+            ``residual_norm``).
+        locked: triplets locked so far (frozen at a restart, see ``SolverConfig.lock``).
     """
 
     step: int
@@ -76,6 +81,7 @@ class LanczosState:
     tail_residuals: Tensor
     _V: Tensor  # (B, p, n) rows: the right basis
     _Y: Tensor  # (B, p, r) right singular vectors of the projected matrix
+    locked: int = 0
 
     def right_vectors(self, r: int | None = None) -> Tensor:
         """The top-``r`` right Ritz vectors, ``(B, n, r)`` in float64 (default ``r = k``)."""
@@ -237,6 +243,9 @@ def lanczos_svd(
     Ut = torch.zeros(B, cap, m, dtype=dt, device=dev)
     Bm = torch.zeros(B, cap, cap, dtype=dt, device=dev)  # U^T A V, kept up to date
     p = q = 0  # vectors in V and U
+    L = 0  # locked triplets: rows :L of both bases, frozen since their restart
+    S_lock = torch.zeros(B, 0, dtype=dt, device=dev)  # their values and absolute residuals
+    R_lock = torch.zeros(B, 0, dtype=dt, device=dev)
     start = torch.randn(B, b, n, generator=gen, dtype=dt).to(dev)
     bv = min(b, n)
     Vt[:, :bv] = _orthonormalize(start, Vt[:, :0], bv, gen)[0]
@@ -244,7 +253,6 @@ def lanczos_svd(
     reason = "max_iter"
     # rounding of a product (or of the bases, when coarser), relative to |A|
     floor = 8 * max(torch.finfo(op.dtype).eps, torch.finfo(dt).eps)
-    X = S = Y = torch.zeros(B, 0, 0, dtype=dt, device=dev)
 
     for step in range(1, config.max_iter + 1):
         W = _apply(op, Vt[:, p : p + bv], adjoint=False)  # (B, bv, m)
@@ -267,40 +275,48 @@ def lanczos_svd(
             Vt[:, p : p + bv] = P
             if Zq is not None:
                 E[..., q - bu : q] = Cp
-        X, S, Yh = torch.linalg.svd(Bm[:, :q, :p], full_matrices=False)
-        Y = Yh.mT
-        kk = min(k, S.shape[-1])
-        EX = E @ X
-        est = _relative(EX[..., :kk].norm(dim=1), S[..., :kk], floor)
+        ritz = _Ritz.of(Bm, E, L, p, q, S_lock, R_lock)
+        kk = min(k, ritz.S.shape[-1])
+        est = _relative(ritz.R[..., :kk], ritz.S[..., :kk], floor)
         if bv == 0:
             reason = "exhausted"
             break
         if stop is not None and kk == k:  # before the tol test: the rule sees the last step
             spent = (op.n_products - before_p) // B
-            if stop(_state(step, S, est, EX, spent, Vt[:, :p], Y, k)):
+            if stop(ritz.state(step, est, spent, Vt[:, :p], k)):
                 reason = "callback"
                 break
         if kk == k and bool((est <= tol).all()):
             reason = "tol"
             break
         if p + bv > ncv:  # thick restart: keep the best Ritz vectors, in place
-            keep = restart_keep(k, ncv, b, S.shape[-1])
-            Xl, Yl = X[..., :keep], Y[..., :keep]
+            keep = restart_keep(k, ncv, b, L + ritz.S_act.shape[-1])
+            ka = keep - L  # unlocked vectors kept
+            Xl, Yl = ritz.X[..., :ka], ritz.Y[..., :ka]
             pending = Vt[:, p : p + bv].clone()
-            _rotate(Vt, Yl, p)
-            _rotate(Ut, Xl, q)
+            coupling = Bm[:, :L, L:p] @ Yl  # U_L^T A V_active after the rotation
+            _rotate(Vt[:, L:], Yl, p - L)
+            _rotate(Ut[:, L:], Xl, q - L)
             Vt[:, keep : keep + bv] = pending
-            Bm[:, :keep, :keep] = torch.diag_embed(S[..., :keep])
-            E = EX[..., :keep]
+            Bm[:, L:keep, :keep] = 0
+            Bm[:, L:keep, L:keep] = torch.diag_embed(ritz.S_act[..., :ka])
+            Bm[:, :L, L:keep] = coupling
+            E = torch.zeros(B, bv, keep, dtype=dt, device=dev)
+            E[..., L:keep] = ritz.EX[..., :ka]
+            new = _lockable(ritz, tol, floor, k - L) if config.lock else 0
+            if new:  # their residuals are frozen: drop them from E (deflation)
+                S_lock = torch.cat([S_lock, ritz.S_act[..., :new]], -1)
+                R_lock = torch.cat([R_lock, ritz.R_act[..., :new]], -1)
+                E[..., L : L + new] = 0
+                L += new
             p = q = keep
-            X = Y = torch.eye(keep, dtype=dt, device=dev).expand(B, keep, keep)
-            S = S[..., :keep]
+            ritz = _Ritz.of(Bm, E, L, p, q, S_lock, R_lock)
 
-    kk = min(k, S.shape[-1])  # max_iter may stop before k Ritz values exist
-    Uk = X[..., :kk].mT @ Ut[:, :q]
-    Vk = Y[..., :kk].mT @ Vt[:, :p]
-    Sk = S[..., :kk].clone()
-    residuals = _relative((E @ X[..., :kk]).norm(dim=1), Sk, floor)
+    kk = min(k, ritz.S.shape[-1])  # max_iter may stop before k Ritz values exist
+    Uk = ritz.left()[..., :kk].mT @ Ut[:, :q]
+    Vk = ritz.right()[..., :kk].mT @ Vt[:, :p]
+    Sk = ritz.S[..., :kk].clone()
+    residuals = _relative(ritz.R[..., :kk], Sk, floor)
     if kk < k:  # missing triplets: zero vectors and values, infinite residual (as slepc does)
         Uk = torch.cat([Uk, Uk.new_zeros(B, k - kk, m)], 1)
         Vk = torch.cat([Vk, Vk.new_zeros(B, k - kk, n)], 1)
@@ -326,6 +342,7 @@ def lanczos_svd(
         solver=f"lanczos(b={b})",
         tol=tol,
         stop_reason=reason,
+        n_locked=L,
     )
 
 
@@ -338,30 +355,113 @@ def _rotate(basis: Tensor, coef: Tensor, p: int, chunk: int = 1 << 16) -> None:
         basis[:, :keep, j : j + chunk] = coef.mT @ cols
 
 
-def _relative(r: Tensor, S: Tensor, floor: float) -> Tensor:
+def _relative(r: Tensor, S: Tensor, floor: float, top: Tensor | None = None) -> Tensor:
     """Relative residuals ``sqrt(r^2 + (floor σ_1)^2) / σ``.
 
-    ``r = |E x|`` is exact arithmetic; a product in the operator's dtype is only exact to about
-    ``eps |A|``, so ``floor σ_1`` (σ_1 ≈ |A|) is added in quadrature: a singular value at
-    rounding level (beyond the numerical rank) is then never reported as converged.
+    ``r`` is exact arithmetic; a product in the operator's dtype is only exact to about
+    ``eps |A|``, so ``floor σ_1`` (σ_1 ≈ |A|, ``top`` when given, else ``S[..., :1]``) is added
+    in quadrature: a singular value at rounding level (beyond the numerical rank) is then never
+    reported as converged.
     """
-    top = S[..., :1] if S.shape[-1] else S.new_zeros(S.shape[0], 1)
+    if top is None:
+        top = S[..., :1] if S.shape[-1] else S.new_zeros(S.shape[0], 1)
     return torch.hypot(r, floor * top) / S.clamp_min(torch.finfo(S.dtype).tiny)
 
 
-def _state(
-    step: int, S: Tensor, est: Tensor, EX: Tensor, spent: int, V: Tensor, Y: Tensor, k: int
-) -> LanczosState:
-    """The :class:`LanczosState` of a step (small matrices only: no pass over the bases)."""
-    B = S.shape[0]
-    if S.shape[-1] > k:
-        nxt, nres = S[..., k], EX[..., k].norm(dim=1)
-    else:
-        nxt, nres = S.new_zeros(B), S.new_full((B,), float("inf"))
-    top = EX[..., :k]
-    rnorm = torch.linalg.matrix_norm(top, ord=2) if top.shape[1] else top.new_zeros(B)
-    tail, tres = S[..., k:], EX[..., k:].norm(dim=1)
-    return LanczosState(step, S[..., :k], est, spent, nxt, nres, rnorm, tail, tres, V, Y)
+@dataclass(frozen=True)
+class _Ritz:
+    """A step's Ritz triplets: the ``L`` locked ones (frozen) and those of the unlocked
+    projected matrix ``B_AA = U_A^T A V_A``, merged in descending order.
+
+    For an unlocked triplet ``(σ, u = U_A x, v = V_A y)`` both residuals are known without a
+    product: ``A^T u - σ v = P (E x)`` (the pending block) and ``A v - σ u = U_L (B_LA y)``,
+    the coupling to the locked left vectors (``U_A^T A V_L = 0``: every locked ``v`` satisfies
+    ``A v = σ u`` exactly). ``R`` holds ``sqrt(|E x|^2 + |B_LA y|^2)``; for a locked triplet,
+    whose vectors no longer change, the value recorded when it was locked.
+    """
+
+    S: Tensor  # (B, r) every Ritz value, descending
+    R: Tensor  # (B, r) their absolute residuals
+    order: Tensor  # (B, r) position in [locked..., unlocked...] of each merged triplet
+    L: int
+    X: Tensor  # (B, q - L, ra) left singular vectors of B_AA
+    Y: Tensor  # (B, p - L, ra) right singular vectors of B_AA
+    S_act: Tensor  # (B, ra)
+    R_act: Tensor  # (B, ra)
+    EX: Tensor  # (B, bv, ra) pending-block coefficients of A^T u - σ v
+    AX: Tensor  # (B, L, ra) locked-left coefficients of A v - σ u
+
+    @staticmethod
+    def of(Bm: Tensor, E: Tensor, L: int, p: int, q: int, S_lock: Tensor, R_lock: Tensor) -> _Ritz:
+        X, S, Yh = torch.linalg.svd(Bm[:, L:q, L:p], full_matrices=False)
+        Y = Yh.mT
+        EX = E[..., L:q] @ X
+        AX = Bm[:, :L, L:p] @ Y
+        R = (EX.pow(2).sum(1) + AX.pow(2).sum(1)).sqrt()
+        S_all, R_all = torch.cat([S_lock, S], -1), torch.cat([R_lock, R], -1)
+        order = torch.argsort(S_all, dim=-1, descending=True, stable=True)
+        return _Ritz(S_all.gather(-1, order), R_all.gather(-1, order), order, L, X, Y, S, R, EX, AX)
+
+    def _coefficients(self, act: Tensor) -> Tensor:
+        """The merged triplets' coefficients in a basis: ``blockdiag(I_L, act)``, reordered."""
+        B, rows, ra = act.shape
+        L = self.L
+        full = act.new_zeros(B, L + rows, L + ra)
+        full[:, :L, :L] = torch.eye(L, dtype=act.dtype, device=act.device)
+        full[:, L:, L:] = act
+        return full.gather(-1, self.order.unsqueeze(1).expand(B, L + rows, L + ra))
+
+    def left(self) -> Tensor:
+        """``(B, q, r)``: the merged left Ritz vectors are ``U^T`` times these columns."""
+        return self._coefficients(self.X)
+
+    def right(self) -> Tensor:
+        """``(B, p, r)``: the merged right Ritz vectors are ``V^T`` times these columns."""
+        return self._coefficients(self.Y)
+
+    def top_residual_norm(self, k: int) -> Tensor:
+        """An upper bound of the spectral norm of the top-k residual block (exact when nothing
+        is locked): ``|[M_L, M_A]|_2^2 <= |M_L|_F^2 + |M_A|_2^2``."""
+        pos = torch.argsort(self.order, dim=-1)  # merged position of [locked..., unlocked...]
+        L = self.L
+        locked = (self.R.gather(-1, pos[:, :L]).pow(2) * (pos[:, :L] < k)).sum(-1)
+        block = torch.cat([self.EX, self.AX], 1) * (pos[:, L:] < k).unsqueeze(1)
+        if block.shape[1] == 0 or block.shape[2] == 0:
+            return locked.sqrt()
+        return (locked + torch.linalg.matrix_norm(block, ord=2).pow(2)).sqrt()
+
+    def state(self, step: int, est: Tensor, spent: int, V: Tensor, k: int) -> LanczosState:
+        """The :class:`LanczosState` of a step (small matrices only: no pass over the bases)."""
+        S, R = self.S, self.R
+        B = S.shape[0]
+        if S.shape[-1] > k:
+            nxt, nres = S[..., k], R[..., k]
+        else:
+            nxt, nres = S.new_zeros(B), S.new_full((B,), float("inf"))
+        rnorm = self.top_residual_norm(k)
+        return LanczosState(
+            step,
+            S[..., :k],
+            est,
+            spent,
+            nxt,
+            nres,
+            rnorm,
+            S[..., k:],
+            R[..., k:],
+            V,
+            self.right(),
+            self.L,
+        )
+
+
+def _lockable(ritz: _Ritz, tol: float, floor: float, room: int) -> int:
+    """How many leading unlocked triplets have met ``tol`` in every sample (at most ``room``)."""
+    if room <= 0 or ritz.S_act.shape[-1] == 0:
+        return 0
+    rel = _relative(ritz.R_act, ritz.S_act, floor, top=ritz.S[..., :1])
+    lead = (rel <= tol).to(torch.int64).cumprod(-1).sum(-1)
+    return int(min(int(lead.min().item()), room))
 
 
 def _apply(op: LinearOperator, rows: Tensor, *, adjoint: bool) -> Tensor:

@@ -37,6 +37,9 @@ class SolverConfig:
             relative residual to about 1e-4 at 64³ (enough for ``tol="rank"`` or ``tol`` of
             1e-3; the ``converged`` flags report what was reached). The sliding-window memory
             plan picks it only when float64 bases cannot fit the budget.
+        lock: at a thick restart, freeze the leading Ritz triplets that have met ``tol``
+            (Lanczos only): their vectors stay as they are, their residuals are recorded, and
+            later steps solve only the projected matrix of the unlocked part.
     """
 
     block_size: int = 1
@@ -48,8 +51,11 @@ class SolverConfig:
     slepc_max_it: int = 10_000
     max_memory: int | str | None = None
     basis_dtype: str = "float64"
+    lock: bool = True
 
     def __post_init__(self) -> None:
+        if not isinstance(self.lock, bool):
+            raise TypeError(f"lock must be a bool, got {type(self.lock).__name__}")
         if self.basis_dtype not in ("float64", "float32"):
             raise ValueError(
                 f"basis_dtype must be 'float64' or 'float32', got {self.basis_dtype!r}"
@@ -100,6 +106,7 @@ class SVDResult:
     tol: float
     seconds: float = 0.0
     stop_reason: str = "tol"
+    n_locked: int = 0
 
     @property
     def k(self) -> int:
