@@ -7,12 +7,16 @@ The chain of rules is A[x] (Eq. 3); walking it backwards with each rule's adjoin
 
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import Tensor, fx, nn
 
+from .adjoint_kernels import upsample_mask
 from .modes import check_points, eval_mode
 from .operator import LinearOperator
 from .recorder import Recorder, Step, UnsupportedLayerError, trace
+from .rules import Mask, SumPoolRule
 
 __all__ = ["UnsupportedLayerError", "AdjointCNN", "AdjointOperator", "adjoint_cnn", "trace"]
 
@@ -21,6 +25,10 @@ class AdjointCNN(nn.Module):
     """Aᵀ[x] as a network: ``G(z) = Aᵀ[x] z`` for a block ``z`` of shape ``(N, *out_shape)``.
 
     Built by :func:`adjoint_cnn`. Printing it lists the adjoint of every layer, last layer first.
+
+    A ReLU whose only reader is a sum pooling (``relu -> SumPool``) runs backwards as one fused
+    step, ``D[x] * up(z)`` (:func:`~rprselect.adjoint_kernels.upsample_mask`), instead of an
+    upsampled copy and a masked copy.
     """
 
     def __init__(
@@ -35,6 +43,7 @@ class AdjointCNN(nn.Module):
         self._input, self._output = input_node, output_node
         self.in_shape = in_shape
         self.layers = nn.ModuleList(s.rule for s in reversed(steps))
+        self._fused = _mask_then_pool(steps, output_node)
 
     @torch.no_grad()
     def forward(self, z: Tensor) -> Tensor:
@@ -43,7 +52,13 @@ class AdjointCNN(nn.Module):
             g = cot.pop(step.node, None)
             if g is None:
                 continue
-            for src, part in zip(step.inputs, step.rule.adjoint(g), strict=True):
+            mask = self._fused.get(step.node)
+            if mask is not None:  # SumPool then the ReLU before it, in one product
+                assert isinstance(mask.rule, Mask) and isinstance(step.rule, SumPoolRule)
+                inputs, parts = mask.inputs, [upsample_mask(g, step.rule.k, mask.rule.slope)]
+            else:
+                inputs, parts = step.inputs, step.rule.adjoint(g)
+            for src, part in zip(inputs, parts, strict=True):
                 cot[src] = cot[src] + part if src in cot else part
         out = cot.get(self._input)
         return out if out is not None else z.new_zeros(z.shape[0], *self.in_shape)
@@ -82,6 +97,11 @@ class AdjointOperator(LinearOperator):
         self.affine_layers = rec.affine
         self._rec = rec
         self.adjoint_network = AdjointCNN(rec.steps, rec.input, rec.output, self.in_shape)
+        #: the largest activation of one vector (per-sample numel), for choosing vectors per pass
+        self.activation_numel = max(
+            [math.prod(self.in_shape), math.prod(self.out_shape)]
+            + [math.prod(sh) for st in rec.steps for sh in st.rule.in_shapes]
+        )
 
     @torch.no_grad()
     def _forward(self, t: Tensor) -> Tensor:
@@ -103,6 +123,36 @@ class AdjointOperator(LinearOperator):
         z = Z.transpose(0, 1).reshape(b * B, *self.out_shape)
         out = self.adjoint_network(z)
         return out.reshape(b, B, *self.in_shape).transpose(0, 1)
+
+
+def _mask_then_pool(steps: list[Step], output_node: str) -> dict[str, Step]:
+    """SumPool steps whose one input is a ReLU mask read by nothing else: ``{pool: mask}``.
+
+    Only windows that tile the input exactly (no dropped remainder) qualify.
+    """
+    by_node = {s.node: s for s in steps}
+    readers: dict[str, int] = {}
+    for s in steps:
+        for src in s.inputs:
+            readers[src] = readers.get(src, 0) + 1
+    fused = {}
+    for s in steps:
+        if not isinstance(s.rule, SumPoolRule) or len(s.inputs) != 1:
+            continue
+        mask = by_node.get(s.inputs[0])
+        spatial = s.rule.in_shapes[0][1:]
+        if (
+            mask is not None
+            and isinstance(mask.rule, Mask)
+            and len(mask.inputs) == 1
+            and readers[mask.node] == 1
+            and mask.node != output_node
+            and len(spatial) >= 1
+            and all(n % s.rule.k == 0 for n in spatial)
+            and tuple(mask.rule.slope.shape[1:]) == s.rule.in_shapes[0]
+        ):
+            fused[s.node] = mask
+    return fused
 
 
 def adjoint_cnn(model: nn.Module, x: Tensor) -> AdjointCNN:

