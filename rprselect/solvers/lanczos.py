@@ -86,14 +86,14 @@ class LanczosState:
     def right_vectors(self, r: int | None = None) -> Tensor:
         """The top-``r`` right Ritz vectors, ``(B, n, r)`` in float64 (default ``r = k``)."""
         r = self.values.shape[-1] if r is None else r
-        return self._V.mT @ self._Y[..., :r]
+        return _combine(self._Y[..., :r].mT, self._V).mT
 
     def coefficients(self, x: Tensor) -> Tensor:
         """``V_k^T x`` for one vector per sample, ``x`` of shape ``(B, n)``: ``(B, k)``.
 
         Costs one pass over the basis (no product); RPR(x; k) is ``|V_k^T x|^2 / |x|^2``.
         """
-        c = self._V @ x.to(self._V.dtype).unsqueeze(-1)  # (B, p, 1)
+        c = _coef(self._V, x.to(self._Y.dtype).unsqueeze(1))  # (B, p, 1)
         return (self._Y[..., : self.values.shape[-1]].mT @ c)[..., 0]
 
 
@@ -119,14 +119,14 @@ def _project_out(basis: Tensor, W: Tensor, local: int = 0) -> tuple[Tensor, Tens
     C = W.new_zeros(W.shape[0], p, W.shape[1])
     if 0 < local < p:
         last = basis[:, p - local :]
-        C[:, p - local :] = last @ W.mT
-        W = W - C[:, p - local :].mT @ last
-    C1 = basis @ W.mT
-    Wp = W - C1.mT @ basis
+        C[:, p - local :] = _coef(last, W)
+        W = W - _combine(C[:, p - local :].mT, last)
+    C1 = _coef(basis, W)
+    Wp = W - _combine(C1.mT, basis)
     C = C + C1
     if bool((Wp.norm(dim=-1) < _ETA * W.norm(dim=-1)).any()):  # one refinement, if needed
-        C2 = basis @ Wp.mT
-        Wp = Wp - C2.mT @ basis
+        C2 = _coef(basis, Wp)
+        Wp = Wp - _combine(C2.mT, basis)
         C = C + C2
     return C, Wp
 
@@ -234,22 +234,23 @@ def lanczos_svd(
         ncv = _fit_ncv(config.max_memory, ncv, k, b, B, m, n, op.dtype, config.basis_dtype)
     # Products run in the network's dtype; the bases are kept in float64, as SLEPc keeps its
     # vectors: in float32 the attainable residual at 64^3 was ~1.5e-4, above the usual tol 1e-4.
-    dt, dev = getattr(torch, config.basis_dtype), op.device
+    # the bases are stored in `dt`; every product with them is computed in float64 (`ct`)
+    dt, ct, dev = getattr(torch, config.basis_dtype), torch.float64, op.device
     gen = torch.Generator().manual_seed(config.seed)
     before_p, before_n = op.n_products, op.n_passes
 
     cap = ncv + b
     Vt = torch.zeros(B, cap, n, dtype=dt, device=dev)  # rows: V, then the pending block
     Ut = torch.zeros(B, cap, m, dtype=dt, device=dev)
-    Bm = torch.zeros(B, cap, cap, dtype=dt, device=dev)  # U^T A V, kept up to date
+    Bm = torch.zeros(B, cap, cap, dtype=ct, device=dev)  # U^T A V, kept up to date
     p = q = 0  # vectors in V and U
     L = 0  # locked triplets: rows :L of both bases, frozen since their restart
-    S_lock = torch.zeros(B, 0, dtype=dt, device=dev)  # their values and absolute residuals
-    R_lock = torch.zeros(B, 0, dtype=dt, device=dev)
-    start = torch.randn(B, b, n, generator=gen, dtype=dt).to(dev)
+    S_lock = torch.zeros(B, 0, dtype=ct, device=dev)  # their values and absolute residuals
+    R_lock = torch.zeros(B, 0, dtype=ct, device=dev)
+    start = torch.randn(B, b, n, generator=gen, dtype=ct).to(dev)
     bv = min(b, n)
     Vt[:, :bv] = _orthonormalize(start, Vt[:, :0], bv, gen)[0]
-    E = torch.zeros(B, bv, 0, dtype=dt, device=dev)  # (I - VV^T) A^T U = P E
+    E = torch.zeros(B, bv, 0, dtype=ct, device=dev)  # (I - VV^T) A^T U = P E
     reason = "max_iter"
     # rounding of a product (or of the bases, when coarser), relative to |A|
     floor = 8 * max(torch.finfo(op.dtype).eps, torch.finfo(dt).eps)
@@ -268,9 +269,9 @@ def lanczos_svd(
             q += bu
             Zq = _apply(op, Q, adjoint=True)  # (B, bu, n)
         bv = min(b, n - p)
-        E = torch.zeros(B, bv, q, dtype=dt, device=dev)
+        E = torch.zeros(B, bv, q, dtype=ct, device=dev)
         if bv > 0:
-            src = Zq if Zq is not None else torch.randn(B, b, n, generator=gen, dtype=dt).to(dev)
+            src = Zq if Zq is not None else torch.randn(B, b, n, generator=gen, dtype=ct).to(dev)
             P, _, Cp = _orthonormalize(src, Vt[:, :p], bv, gen, local=b)
             Vt[:, p : p + bv] = P
             if Zq is not None:
@@ -301,7 +302,7 @@ def lanczos_svd(
             Bm[:, L:keep, :keep] = 0
             Bm[:, L:keep, L:keep] = torch.diag_embed(ritz.S_act[..., :ka])
             Bm[:, :L, L:keep] = coupling
-            E = torch.zeros(B, bv, keep, dtype=dt, device=dev)
+            E = torch.zeros(B, bv, keep, dtype=ct, device=dev)
             E[..., L:keep] = ritz.EX[..., :ka]
             new = _lockable(ritz, tol, floor, k - L) if config.lock else 0
             if new:  # their residuals are frozen: drop them from E (deflation)
@@ -313,8 +314,8 @@ def lanczos_svd(
             ritz = _Ritz.of(Bm, E, L, p, q, S_lock, R_lock)
 
     kk = min(k, ritz.S.shape[-1])  # max_iter may stop before k Ritz values exist
-    Uk = ritz.left()[..., :kk].mT @ Ut[:, :q]
-    Vk = ritz.right()[..., :kk].mT @ Vt[:, :p]
+    Uk = _combine(ritz.left()[..., :kk].mT, Ut[:, :q])
+    Vk = _combine(ritz.right()[..., :kk].mT, Vt[:, :p])
     Sk = ritz.S[..., :kk].clone()
     residuals = _relative(ritz.R[..., :kk], Sk, floor)
     if kk < k:  # missing triplets: zero vectors and values, infinite residual (as slepc does)
@@ -346,13 +347,42 @@ def lanczos_svd(
     )
 
 
-def _rotate(basis: Tensor, coef: Tensor, p: int, chunk: int = 1 << 16) -> None:
+_CHUNK = 1 << 16  # columns per slab when a basis stored in float32 is upcast
+
+
+def _coef(basis: Tensor, W: Tensor) -> Tensor:
+    """``basis @ W^T``: ``(B, p, N)`` rows times ``(B, c, N)`` rows, ``(B, p, c)`` in W's dtype.
+
+    A basis stored coarser than ``W`` (float32 bases, float64 arithmetic) is upcast a slab of
+    columns at a time, so the sums run in float64 with ``p x`` :data:`_CHUNK` numbers of scratch.
+    """
+    if basis.dtype == W.dtype:
+        return basis @ W.mT
+    out = W.new_zeros(W.shape[0], basis.shape[1], W.shape[1])
+    for j in range(0, W.shape[-1], _CHUNK):
+        out += basis[..., j : j + _CHUNK].to(W.dtype) @ W[..., j : j + _CHUNK].mT
+    return out
+
+
+def _combine(coef: Tensor, basis: Tensor) -> Tensor:
+    """``coef @ basis``: ``(B, r, p)`` times ``(B, p, N)`` rows, ``(B, r, N)`` in coef's dtype
+    (slab by slab when the basis is stored coarser, as in :func:`_coef`)."""
+    if basis.dtype == coef.dtype:
+        return coef @ basis
+    out = coef.new_empty(coef.shape[0], coef.shape[1], basis.shape[-1])
+    for j in range(0, basis.shape[-1], _CHUNK):
+        out[..., j : j + _CHUNK] = coef @ basis[..., j : j + _CHUNK].to(coef.dtype)
+    return out
+
+
+def _rotate(basis: Tensor, coef: Tensor, p: int, chunk: int = _CHUNK) -> None:
     """``basis[:, :keep] = coef^T basis[:, :p]`` in place, a slab of columns at a time, so that
-    the restart needs ``keep x chunk`` numbers of scratch instead of a second basis."""
+    the restart needs ``keep x chunk`` numbers of scratch instead of a second basis (the sums in
+    ``coef``'s dtype, float64)."""
     keep = coef.shape[-1]
     for j in range(0, basis.shape[-1], chunk):
         cols = basis[:, :p, j : j + chunk]
-        basis[:, :keep, j : j + chunk] = coef.mT @ cols
+        basis[:, :keep, j : j + chunk] = coef.mT @ cols.to(coef.dtype)
 
 
 def _relative(r: Tensor, S: Tensor, floor: float, top: Tensor | None = None) -> Tensor:
@@ -469,4 +499,4 @@ def _apply(op: LinearOperator, rows: Tensor, *, adjoint: bool) -> Tensor:
     B, c, _ = rows.shape
     shape = op.out_shape if adjoint else op.in_shape
     out = op.apply(rows.reshape(B, c, *shape).to(op.dtype), adjoint=adjoint)
-    return out.reshape(B, c, -1).to(rows.dtype)
+    return out.reshape(B, c, -1).to(torch.float64)
