@@ -7,7 +7,8 @@ with :func:`rprselect.scoring.score` (``solver="auto"``, which is the dense path
 prints the ratio. With ``--baseline REV`` the library as committed at ``REV`` is loaded beside
 the working tree (``git archive`` into a temporary package ``rprselect_base``) and timed on the
 same trained model, interleaved with the current code, so that before and after come from one
-run on a shared, noisy machine. Each variant runs ``--repeats`` times; the fastest is kept.
+run on a shared, noisy machine. ``--ablate`` adds the current code with one fast path switched off
+at a time (what each one buys). Each variant runs ``--repeats`` times; the fastest is kept.
 
 Usage::
 
@@ -31,7 +32,8 @@ import sys
 import tarfile
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -66,6 +68,51 @@ def baseline_score(rev: str, tmp: Path) -> Callable[..., Any]:
     return importlib.import_module("rprselect_base.scoring").score  # type: ignore[no-any-return]
 
 
+@contextmanager
+def without(path: str) -> Iterator[None]:
+    """The current code with one fast path off: ``fusion`` (SumPool+ReLU adjoint in one
+    product), ``matmul`` (conv adjoint into one channel by oneDNN instead), ``groups`` (all
+    vectors in one pass)."""
+    import rprselect.adjoint as adj
+    import rprselect.solvers.dense as dense
+    from rprselect.rules import Conv
+
+    saved: list[tuple[Any, str, Any]] = []
+
+    def patch(obj: Any, name: str, value: Any) -> None:
+        saved.append((obj, name, getattr(obj, name)))
+        setattr(obj, name, value)
+
+    if path == "fusion":
+        patch(adj, "_mask_then_pool", lambda steps, output_node: {})
+    elif path == "matmul":
+        fast = Conv.adjoint
+
+        def slow(self: Any, z: torch.Tensor) -> list[torch.Tensor]:
+            flag, self.use_matmul = self.use_matmul, False
+            try:
+                return fast(self, z)  # type: ignore[no-any-return]
+            finally:
+                self.use_matmul = flag
+
+        patch(Conv, "adjoint", slow)
+    elif path == "groups":
+        patch(dense, "PASS_BYTES", 2**62)
+    try:
+        yield
+    finally:
+        for obj, name, value in reversed(saved):
+            setattr(obj, name, value)
+
+
+def ablated(score: Callable[..., Any], path: str) -> Callable[..., Any]:
+    def run(*args: Any, **kwargs: Any) -> Any:
+        with without(path):
+            return score(*args, **kwargs)
+
+    return run
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--n", type=int, default=2000, help="MNIST images (default 2000)")
@@ -75,6 +122,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--data-dir", default=None, help="MNIST folder (default ../shared/data/mnist)")
     p.add_argument("--baseline", default=None, help="git revision to time beside the tree")
     p.add_argument("--repeats", type=int, default=1)
+    p.add_argument("--ablate", action="store_true", help="also time each fast path switched off")
     p.add_argument("--profile", choices=("none", "cprofile", "torch"), default="none")
     p.add_argument("--top", type=int, default=25, help="rows of the profile listing")
     args = p.parse_args(argv)
@@ -93,6 +141,14 @@ def main(argv: list[str] | None = None) -> int:
     if args.baseline:
         variants = {f"baseline {args.baseline}": baseline_score(args.baseline, Path(tmp.name))}
         variants["current"] = score
+    if args.ablate:
+        labels_off = {
+            "fusion": "no SumPool+ReLU fusion",
+            "matmul": "conv1 adjoint by oneDNN",
+            "groups": "all 10 vectors in one pass",
+        }
+        for path, label in labels_off.items():
+            variants[f"current, {label}"] = ablated(score, path)
     kw = dict(k=args.k, tol=args.tol, labels=labels, progress=False, batch_size=args.batch_size)
 
     times: dict[str, list[float]] = {"epoch": []}
@@ -119,8 +175,8 @@ def main(argv: list[str] | None = None) -> int:
     for name in variants:
         t = min(times[name])
         print(f"| score(), {name} | {t:.2f} | {1e3 * t / args.n:.3f} | {t / epoch:.2f} |")
-    if len(variants) == 2:
-        a, b = (tables[n] for n in variants)
+    if args.baseline:
+        a, b = tables[f"baseline {args.baseline}"], tables["current"]
         drpr = float(np.abs(np.asarray(a.rpr_curve) - np.asarray(b.rpr_curve)).max())
         dlpr = float(np.abs(np.asarray(a.lpr_curve) - np.asarray(b.lpr_curve)).max())
         ds = float(
