@@ -133,7 +133,9 @@ def _solve(name: str, model: Any, X: Any, spec: dict[str, Any]) -> tuple[Any, in
     if name == "dense":
         res = rprselect.svd_batch(model, X, k, tol, "dense")
     else:
-        cfg = rprselect.SolverConfig(block_size=int(name.split("-b")[1]), seed=spec["seed"])
+        b, _, store = name.split("-b")[1].partition("-f")  # lanczos-b<b>[-f32]
+        basis = "float32" if store == "32" else "float64"
+        cfg = rprselect.SolverConfig(block_size=int(b), seed=spec["seed"], basis_dtype=basis)
         res = rprselect.svd_batch(model, X, k, tol, "lanczos", config=cfg)
     return res, res.n_products, res.n_passes
 

@@ -61,6 +61,7 @@ CONFIGS: dict[str, str] = {
     "slepc-cross": "SLEPc cross on the explicit-adjoint operator",
     "slepc-trlanczos": "SLEPc trlanczos on the explicit-adjoint operator",
     "lanczos-b1": "rprselect Lanczos, block size 1",
+    "lanczos-b1-f32": "rprselect Lanczos, block size 1, bases stored in float32 (float64 sums)",
     "lanczos-b2": "rprselect block Lanczos, b = 2 (two vectors: oneDNN on CPU)",
     "lanczos-b4": "rprselect block Lanczos, b = 4",
     "lanczos-b8": "rprselect block Lanczos, b = 8",

@@ -232,9 +232,9 @@ def lanczos_svd(
     ncv = max(config.ncv or _default_ncv(k, b, m, n), k + b)
     if config.max_memory is not None:
         ncv = _fit_ncv(config.max_memory, ncv, k, b, B, m, n, op.dtype, config.basis_dtype)
-    # Products run in the network's dtype; the bases are kept in float64, as SLEPc keeps its
-    # vectors: in float32 the attainable residual at 64^3 was ~1.5e-4, above the usual tol 1e-4.
-    # the bases are stored in `dt`; every product with them is computed in float64 (`ct`)
+    # Products run in the network's dtype. The bases are stored in `dt` (float64 by default, as
+    # SLEPc keeps its vectors) and every sum over them runs in float64 (`ct`): with float32 sums
+    # over 64^3 vectors the reported residual (9e-5) was below the measured one (2.4e-4).
     dt, ct, dev = getattr(torch, config.basis_dtype), torch.float64, op.device
     gen = torch.Generator().manual_seed(config.seed)
     before_p, before_n = op.n_products, op.n_passes
