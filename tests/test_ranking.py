@@ -1,4 +1,8 @@
-"""The ranking mode: RankStop's certified RPR interval against the dense float64 oracle."""
+"""The ranking mode: RankStop's certified RPR interval against the dense float64 oracle.
+
+Every step of a small bias-free network's solve is checked: the true RPR (dense Jacobian,
+LAPACK) lies in the interval, and each lemma the interval rests on holds numerically.
+"""
 
 from __future__ import annotations
 
@@ -9,7 +13,7 @@ import rprselect
 from rprselect.models import PocketUNet
 from rprselect.solvers import SolverConfig
 from rprselect.solvers.lanczos import LanczosState, lanczos_svd
-from rprselect.solvers.ranking import RankStop, rpr_interval
+from rprselect.solvers.ranking import RankStop, rpr_interval, sigma_next_bound
 
 
 def _case(seed: int = 1) -> tuple[torch.nn.Module, torch.Tensor]:
@@ -18,47 +22,102 @@ def _case(seed: int = 1) -> tuple[torch.nn.Module, torch.Tensor]:
     return net, torch.rand(3, 2, 8, 8, dtype=torch.float64)
 
 
-def _exact(net: torch.nn.Module, X: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """True RPR(x; k) and σ_{k+1} from the dense Jacobian and LAPACK."""
+def _exact(net: torch.nn.Module, X: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Singular values and right singular vectors (rows) of the dense Jacobian, by LAPACK."""
     A = rprselect.linearize_batch(net, X).dense()  # (B, m, n)
     _, S, Vh = torch.linalg.svd(A)
+    return S, Vh
+
+
+def _rpr(Vh: torch.Tensor, X: torch.Tensor, k: int) -> torch.Tensor:
     x = X.reshape(X.shape[0], -1)
     c = torch.einsum("bkn,bn->bk", Vh[:, :k], x)
-    return c.pow(2).sum(-1) / x.pow(2).sum(-1), S[:, k]
+    return c.pow(2).sum(-1) / x.pow(2).sum(-1)
 
 
-@pytest.mark.parametrize("k,block", [(3, 1), (5, 2)])
-def test_certified_interval_holds_the_true_rpr_at_every_step(k: int, block: int) -> None:
+def _old_half(state: LanczosState, x: torch.Tensor) -> torch.Tensor:
+    """The previous certificate: Wedin with σ̃_{k+1} + r_{k+1}, then s² + 2s√(c(1-c))."""
+    c = state.coefficients(x).pow(2).sum(-1) / x.pow(2).sum(-1)
+    gap = state.values[:, -1] - (state.next_value + state.next_residual)
+    s = torch.where(gap > 0, state.residual_norm / gap.clamp_min(1e-300), torch.inf).clamp(max=1)
+    return (s.pow(2) + 2 * s * (c * (1 - c)).sqrt()).clamp(max=1)
+
+
+@pytest.mark.parametrize("k,block,lock", [(3, 1, False), (5, 2, False), (3, 1, True)])
+def test_certified_interval_holds_the_true_rpr_at_every_step(
+    k: int, block: int, lock: bool
+) -> None:
     net, X = _case()
-    want, next_sigma = _exact(net, X, k)
+    S_true, Vh = _exact(net, X)
+    want, x = _rpr(Vh, X, k), X.reshape(3, -1)
     seen: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = []
+    locked, assumption = [], []
 
     def record(state: LanczosState) -> bool:
-        c, lo, hi = rpr_interval(state, X.reshape(3, -1))
-        # The bound's assumption (Ritz value k+1 plus its residual >= σ_{k+1}) can fail in the
-        # first steps, while the residuals are large; it holds wherever a stop could happen.
-        alpha = state.next_value + state.next_residual
-        narrow = (hi - lo) < 0.1
-        assert bool((alpha[narrow] >= next_sigma[narrow] * (1 - 1e-12)).all())
+        c, lo, hi = rpr_interval(state, x)
+        omega = sigma_next_bound(state)
+        holds = omega >= S_true[:, k] * (1 - 1e-12)  # assumption (A)
+        certified = holds & ((hi - lo) < 1)
+        assumption.append(holds)
+        # Lemma (step 2): per-column sin θ, |W⊥ᵀ v_i| <= τ_i, and the spectral sin θ <= s.
+        if getattr(state, "locked", 0) == 0 and bool(certified.any()):
+            Vk = state.right_vectors()  # (B, n, k)
+            cross = Vh[:, k:] @ Vk  # W⊥ᵀ V_k
+            vals = state.values
+            tau = vals * state.estimates * vals / (vals.pow(2) - omega[:, None].pow(2))
+            col = cross.norm(dim=1)
+            assert bool((col[certified] <= tau[certified] * (1 + 1e-9) + 1e-12).all())
+        # Never wider than the previous certificate.
+        half = torch.maximum(c - lo, hi - c)
+        assert bool((half <= _old_half(state, x) + 1e-12).all())
         seen.append((c, lo, hi))
+        locked.append(getattr(state, "locked", 0))
         return False
 
     op = rprselect.linearize_batch(net, X)
-    lanczos_svd(op, k, 1e-12, SolverConfig(block_size=block, ncv=k + 8), stop=record)
+    cfg = SolverConfig(block_size=block, ncv=k + 8, lock=lock)  # locking happens at restarts
+    lanczos_svd(op, k, 1e-12, cfg, stop=record)
     assert len(seen) >= 3
     widths = []
-    for c, lo, hi in seen:
-        assert bool(((lo <= want + 1e-12) & (want <= hi + 1e-12)).all()), (lo, want, hi)
+    for (c, lo, hi), holds in zip(seen, assumption, strict=True):
+        # the interval is a proof under (A): where (A) holds it must hold the true RPR
+        inside = (lo <= want + 1e-12) & (want <= hi + 1e-12)
+        assert bool(inside[holds].all()), (lo, want, hi)
         assert bool(((lo <= c) & (c <= hi)).all())
         widths.append(float((hi - lo).max()))
     assert min(widths) < 1e-6  # the bound tightens to nothing as the triplets converge
     assert widths[0] > widths[-1]
+    assert bool(torch.stack(assumption[-5:]).all()), "(A) holds once the triplets converge"
+    if lock:
+        assert max(locked) > 0, "the locked branch was exercised"
 
 
-def test_rank_stop_ends_early_within_delta() -> None:
+def test_x_weighting_narrows_the_interval() -> None:
+    """The x-weighted interval is never wider than the previous one, and at some step less than
+    half as wide (the weights |c_i| discount the unconverged triplets)."""
     net, X = _case()
-    k, delta = 3, 1e-2
-    want, _ = _exact(net, X, k)
+    k = 3
+    widths: dict[str, list[float]] = {"new": [], "old": []}
+    x = X.reshape(3, -1)
+
+    def record(state: LanczosState) -> bool:
+        c, lo, hi = rpr_interval(state, x)
+        widths["new"].append(float(torch.maximum(c - lo, hi - c).max()))
+        widths["old"].append(float(_old_half(state, x).max()))
+        return False
+
+    lanczos_svd(rprselect.linearize_batch(net, X), k, 1e-10, SolverConfig(lock=False), stop=record)
+    new, old = widths["new"], widths["old"]
+    assert all(n <= o + 1e-12 for n, o in zip(new, old, strict=True))
+    assert any(n < 0.5 * o for n, o in zip(new, old, strict=True) if o < 1)
+
+
+@pytest.mark.parametrize("delta", [1e-2, 3e-2, 0.1])
+def test_rank_stop_ends_early_within_delta(delta: float) -> None:
+    net, X = _case()
+    k = 3
+    S_true, Vh = _exact(net, X)
+    want = _rpr(Vh, X, k)
     op = rprselect.linearize_batch(net, X)
     full = lanczos_svd(op, k, 1e-10, SolverConfig())
     rule = RankStop(X, delta)
