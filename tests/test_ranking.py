@@ -13,7 +13,7 @@ import rprselect
 from rprselect.models import PocketUNet
 from rprselect.solvers import SolverConfig
 from rprselect.solvers.lanczos import LanczosState, lanczos_svd
-from rprselect.solvers.ranking import RankStop, rpr_interval, sigma_next_bound
+from rprselect.solvers.ranking import RankStop, _gram_residuals, rpr_interval, sigma_next_bound
 
 
 def _case(seed: int = 1) -> tuple[torch.nn.Module, torch.Tensor]:
@@ -24,9 +24,17 @@ def _case(seed: int = 1) -> tuple[torch.nn.Module, torch.Tensor]:
 
 def _exact(net: torch.nn.Module, X: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Singular values and right singular vectors (rows) of the dense Jacobian, by LAPACK."""
-    A = rprselect.linearize_batch(net, X).dense()  # (B, m, n)
-    _, S, Vh = torch.linalg.svd(A)
+    _, S, Vh = torch.linalg.svd(_dense(net, X))
     return S, Vh
+
+
+def _dense(net: torch.nn.Module, X: torch.Tensor) -> torch.Tensor:
+    """The dense float64 Jacobians ``(B, m, n)`` by ``torch.func.jacrev`` of the network itself
+    (bias-free ReLU network: the Jacobian at x is A[x]), checked against the operator."""
+    jac = torch.func.vmap(torch.func.jacrev(lambda z: net(z.unsqueeze(0))[0]))(X)
+    A = jac.reshape(X.shape[0], -1, X[0].numel())
+    torch.testing.assert_close(A, rprselect.linearize_batch(net, X).dense(), rtol=1e-10, atol=1e-12)
+    return A
 
 
 def _rpr(Vh: torch.Tensor, X: torch.Tensor, k: int) -> torch.Tensor:
@@ -49,6 +57,7 @@ def test_certified_interval_holds_the_true_rpr_at_every_step(
 ) -> None:
     net, X = _case()
     S_true, Vh = _exact(net, X)
+    A = _dense(net, X)
     want, x = _rpr(Vh, X, k), X.reshape(3, -1)
     seen: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = []
     locked, assumption = [], []
@@ -59,13 +68,16 @@ def test_certified_interval_holds_the_true_rpr_at_every_step(
         holds = omega >= S_true[:, k] * (1 - 1e-12)  # assumption (A)
         certified = holds & ((hi - lo) < 1)
         assumption.append(holds)
-        # Lemma (step 2): per-column sin θ, |W⊥ᵀ v_i| <= τ_i, and the spectral sin θ <= s.
-        if getattr(state, "locked", 0) == 0 and bool(certified.any()):
-            Vk = state.right_vectors()  # (B, n, k)
-            cross = Vh[:, k:] @ Vk  # W⊥ᵀ V_k
-            vals = state.values
-            tau = vals * state.estimates * vals / (vals.pow(2) - omega[:, None].pow(2))
-            col = cross.norm(dim=1)
+        # Lemma (step 2): |AᵀA v_i − σ̃_i² v_i| <= the bound (locked triplets included), and
+        # the per-column sin θ, |W⊥ᵀ v_i| <= τ_i.
+        Vk = state.right_vectors()  # (B, n, k)
+        vals = state.values
+        gram = _gram_residuals(state)
+        true_r = (A.mT @ (A @ Vk) - Vk * vals.unsqueeze(1).pow(2)).norm(dim=1)
+        assert bool((true_r <= gram * (1 + 1e-9) + 1e-13).all()), (true_r, gram)
+        if bool(certified.any()):
+            tau = gram / (vals.pow(2) - omega[:, None].pow(2))
+            col = (Vh[:, k:] @ Vk).norm(dim=1)  # |W⊥ᵀ v_i|
             assert bool((col[certified] <= tau[certified] * (1 + 1e-9) + 1e-12).all())
         # Never wider than the previous certificate.
         half = torch.maximum(c - lo, hi - c)

@@ -155,6 +155,7 @@ def rank_scores(
     batch_size: int = 4,
     config: SolverConfig | None = None,
     graph: fx.GraphModule | None = None,
+    per_volume: list[int] | None = None,
 ) -> tuple[np.ndarray, np.ndarray, list[str], int]:
     """RPR(x; k) of a pool in ranking mode: Lanczos stopped by :class:`RankStop` (``delta``).
 
@@ -162,6 +163,9 @@ def rank_scores(
         model: the network. X: the pool. k: rank. delta: certified accuracy of RPR(x; k).
         tol: residual tolerance (the solve also stops there). batch_size: samples per operator.
         config: solver knobs. graph: the model traced once (:func:`prepare_graph`).
+        per_volume: if given, receives per sample the products at which its own certificate
+            held (:attr:`RankStop.certified_at`; the batch's products where it never did), to
+            show what the lockstep batch (the slowest sample decides) costs.
 
     Returns:
         ``(rpr (N,), certified half-widths (N,), stop reasons per batch, products per sample
@@ -179,6 +183,9 @@ def rank_scores(
         half = (rule.upper - rule.lower).cpu().numpy() / 2  # the last step the rule saw
         rprs.append(rpr)
         halves.append(half)
+        if per_volume is not None:
+            own = rule.certified_at.clamp(max=res.n_products)
+            per_volume += torch.where(own < 0, res.n_products, own).tolist()
         reasons.append(res.stop_reason)
         products += res.n_products * xb.shape[0]
     return np.concatenate(rprs), np.concatenate(halves), reasons, products // X.shape[0]
@@ -356,8 +363,9 @@ def pool_throughput(args: Any, weights: str) -> dict[str, Any]:
     lz = cfg
     full, t_full, _, products_full = score_pool(unet, V, args.k, args.tol, bs, lz, graph)
     print(f"    tol {args.tol}: {t_full:.1f} s", flush=True)
+    own: list[int] = []
     (rank, half, reasons, rank_products), t_rank = _timed(
-        lambda: rank_scores(unet, V, args.k, args.rank_delta, args.tol, bs, lz, graph)
+        lambda: rank_scores(unet, V, args.k, args.rank_delta, args.tol, bs, lz, graph, own)
     )
     print(f"    ranking mode: {t_rank:.1f} s ({reasons})", flush=True)
     ent3, t_mc3 = _timed(lambda: mc_dropout_entropy(unet, V, T=args.mc_passes, batch_size=bs))
@@ -375,6 +383,8 @@ def pool_throughput(args: Any, weights: str) -> dict[str, Any]:
         "rank_stop": reasons,
         "rank_delta": args.rank_delta,
         "rank_max_half_width": float(half.max()),
+        # products had each volume stopped at its own certificate (no lockstep batch)
+        "rank_volume_products": float(np.mean(own)),
         "mc_seconds": t_mc3,
         "rpr": full.tolist(),
         "rank_rpr": rank.tolist(),

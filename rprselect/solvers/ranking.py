@@ -38,14 +38,21 @@ with ``σ̃_k > ω`` by nothing (median 57 % of the tol-1e-4 products either way
 ``|W⊥ᵀ V_k|₂ = ‖sin Θ‖₂ = s`` for the principal angles between span(V_k) and the true top-k
 subspace. Wedin's theorem (Wedin 1972; Stewart & Sun, *Matrix Perturbation Theory*,
 Thm. V.4.4) gives ``s ≤ ρ / (σ̃_k − ω)`` with ``ρ`` the spectral norm of the top-k residual block,
-when ``σ̃_k > ω``. While nothing is locked, (ii) gives per column, as in the proof of the
-Davis–Kahan sin θ theorem, ``(Λ₂ − σ̃_i²) W⊥ᵀv_i = σ̃_i W⊥ᵀP f_i`` with ``Λ₂ ≤ σ_{k+1}² ≤ ω²``:
+when ``σ̃_k > ω``. Per column, as in the proof of the
+Davis–Kahan sin θ theorem: with ``r_i = M v_i − σ̃_i² v_i`` (any vector), the symmetry of M gives
+``(Λ₂ − σ̃_i²) W⊥ᵀv_i = W⊥ᵀ r_i`` with ``Λ₂ ≤ σ_{k+1}² ≤ ω²``, so
 
 .. math::
     |W_\\perp^T v_i| \\le \\tau_i
-    = \\frac{\\tilde\\sigma_i |f_i|}{\\tilde\\sigma_i^2 - \\omega^2},
+    = \\frac{|r_i|}{\\tilde\\sigma_i^2 - \\omega^2},
     \\qquad s \\le \\|\\tau\\|_2 \\;(\\|\\cdot\\|_2 \\le \\|\\cdot\\|_F).
 
+While nothing is locked, (ii) gives ``|r_i| = σ̃_i |f_i| ≤ σ̃_i R_i``. With ``L`` locked triplets,
+write ``A v_i = σ̃_i u_i + e_i`` and ``Aᵀu_i = σ̃_i v_i + g_i`` (``|e_i|² + |g_i|² = R_i²``). Then
+``r_i = σ̃_i g_i + Aᵀe_i``; ``e_i`` lies in span(U_L) (``A V ⊂ span U`` and ``U_Aᵀ A V_L = 0``),
+``Aᵀ U_L = V_L Σ_L + G_L`` gives ``|Aᵀ U_L|₂ ≤ κ = max σ_L + ρ_L`` with
+``ρ_L = (Σ_locked R_j²)^{1/2} ≥ |G_L|₂``, and ``|e_i| ≤ ρ_L`` (for unlocked i,
+``e_i = U_L G_Lᵀ v_i``; for locked i, ``R_i ≤ ρ_L``). Hence ``|r_i| ≤ σ̃_i R_i + κ min(R_i, ρ_L)``.
 Well-converged leading triplets get small τ_i even when the k-th has not converged.
 
 **Step 3, the interval.** Split ``x = a + b``, ``a = V_k c`` (``c = V_kᵀx``), ``b ⟂ V_k``. Then
@@ -63,9 +70,9 @@ With ``η = s|a|`` this is never wider than ``s² + 2s√(c̃(1 − c̃))`` (the
 weights ``|c_i|`` make it x-specific: a poorly converged k-th triplet costs little when x has a
 small coefficient on it. While ``σ̃_k ≤ ω`` the interval is ``[0, 1]``.
 
-**Locked triplets** (``state.locked > 0``): (ii) no longer holds exactly, so the τ_i are
-not used: s is Wedin's (valid for two-sided residuals, ρ an upper bound of the residual block;
-Kahan's interval in step 1 is too) and ``η = s|a|``.
+**Locked triplets** enter only through ``|r_i|`` above; Wedin's theorem, Kahan's interval
+(the Rayleigh quotient of ``z`` is still σ̃_{k+1}: ``e ∈ span(U_L) ⟂ u`` for an unlocked triplet)
+and step 3 hold for two-sided residuals as they are.
 
 The products run in the network's dtype; rounding of order ``eps |A|`` per product is outside
 these bounds (the top-k residuals carry it in quadrature, see ``LanczosState.estimates``).
@@ -85,6 +92,24 @@ def _residuals(state: LanczosState) -> Tensor:
     """``(B, r)`` absolute residuals: the top-k from the relative estimates (which carry the
     rounding floor in quadrature, so they are upper bounds), then the tail's."""
     return torch.cat([state.estimates * state.values, state.tail_residuals], -1)
+
+
+def _gram_residuals(state: LanczosState) -> Tensor:
+    """``(B, k)`` upper bounds of ``|AᵀA v_i − σ̃_i² v_i|`` (step 2 of the module docstring):
+    ``σ̃_i R_i + κ min(R_i, ρ_L)``, with ``κ = 0`` while nothing is locked."""
+    vals = state.values
+    k = vals.shape[-1]
+    R = _residuals(state)
+    out = vals * R[:, :k]
+    L = getattr(state, "locked", 0)
+    if L == 0:
+        return out
+    # the locked triplets' right coefficients are unit vectors on the first L basis rows
+    locked = state._Y[:, :L, :].abs().amax(1) > 0.5  # (B, r)
+    rho_l = (R.pow(2) * locked).sum(-1).sqrt()
+    S = torch.cat([vals, state.tail_values], -1)
+    kappa = (S * locked).amax(-1) + rho_l
+    return out + kappa.unsqueeze(-1) * torch.minimum(R[:, :k], rho_l.unsqueeze(-1))
 
 
 def sigma_next_bound(state: LanczosState) -> Tensor:
@@ -116,13 +141,10 @@ def rpr_interval(state: LanczosState, x: Tensor) -> tuple[Tensor, Tensor, Tensor
     gap = vals[:, -1] - om
     ok = gap > 0
     s = torch.where(ok, state.residual_norm / gap.clamp_min(1e-300), torch.inf)
-    eta = s * a
-    if getattr(state, "locked", 0) == 0:
-        den = (vals.pow(2) - om.unsqueeze(-1).pow(2)).clamp_min(1e-300)
-        tau = torch.where(ok.unsqueeze(-1), vals * _residuals(state)[:, : vals.shape[-1]] / den,
-                          torch.inf)  # fmt: skip
-        s = torch.minimum(s, tau.pow(2).sum(-1).sqrt())
-        eta = torch.minimum(s * a, (coef.abs() * tau).sum(-1))
+    den = (vals.pow(2) - om.unsqueeze(-1).pow(2)).clamp_min(1e-300)
+    tau = torch.where(ok.unsqueeze(-1), _gram_residuals(state) / den, torch.inf)
+    s = torch.minimum(s, tau.pow(2).sum(-1).sqrt())
+    eta = torch.minimum(s * a, (coef.abs() * tau).sum(-1))
     s = s.clamp(max=1.0)
     down = (2 * b * eta + eta.pow(2)) / x2
     up = (b2 - ((1 - s.pow(2)).sqrt() * b - eta).clamp_min(0.0).pow(2)) / x2
@@ -138,7 +160,8 @@ class RankStop:
     when the certified half-width of every sample's interval (:func:`rpr_interval`) has been at
     most ``delta`` at two consecutive steps (see assumption (A)), or at ``tol`` as usual,
     whichever comes first. After the solve, :attr:`rpr`,
-    :attr:`lower` and :attr:`upper` hold the last step's estimate and interval.
+    :attr:`lower` and :attr:`upper` hold the last step's estimate and interval, and
+    :attr:`certified_at` the products at which each sample alone would have stopped.
 
     Args:
         X: ``(B, *in_shape)`` the points the operator was linearised at.
@@ -157,7 +180,11 @@ class RankStop:
         self.delta = float(delta)
         self.rpr = self.lower = self.upper = torch.full((X.shape[0],), float("nan"))
         self.steps = 0
-        self._held = False  # the certificate held at the previous step
+        self._held = False  # every sample's certificate held at the previous step
+        self._prev = torch.zeros(X.shape[0], dtype=torch.bool)
+        #: ``(B,)`` products at which each sample's own certificate had held at two consecutive
+        #: steps (``-1``: never); in a lockstep batch the slowest sample decides the stop
+        self.certified_at = torch.full((X.shape[0],), -1, dtype=torch.int64)
 
     def __call__(self, state: LanczosState) -> bool:
         x = self.x.to(state.values.device)
@@ -169,5 +196,9 @@ class RankStop:
         self.rpr, self.lower, self.upper = rpr_interval(state, x)
         self.steps = state.step
         half = torch.maximum(self.rpr - self.lower, self.upper - self.rpr)
-        held, self._held = self._held, bool((half <= self.delta).all())
+        now = (half <= self.delta).cpu()
+        first = now & self._prev & (self.certified_at < 0)
+        self.certified_at[first] = state.n_products
+        self._prev = now
+        held, self._held = self._held, bool(now.all())
         return held and self._held
