@@ -71,8 +71,8 @@ def baseline_score(rev: str, tmp: Path) -> Callable[..., Any]:
 @contextmanager
 def without(path: str) -> Iterator[None]:
     """The current code with one fast path off: ``fusion`` (SumPool+ReLU adjoint in one
-    product), ``matmul`` (conv adjoint into one channel by oneDNN instead), ``groups`` (all
-    vectors in one pass)."""
+    product), ``matmul`` (conv adjoint into one channel by oneDNN instead), ``fft`` (5x5 conv
+    adjoint by oneDNN instead), ``groups`` (all vectors in one pass)."""
     import rprselect.adjoint as adj
     import rprselect.solvers.dense as dense
     from rprselect.rules import Conv
@@ -85,15 +85,16 @@ def without(path: str) -> Iterator[None]:
 
     if path == "fusion":
         patch(adj, "_mask_then_pool", lambda steps, output_node: {})
-    elif path == "matmul":
-        fast = Conv.adjoint
+    elif path in ("matmul", "fft"):
+        fast, attr, off = Conv.adjoint, {"matmul": "use_matmul", "fft": "fft_size"}[path], None
 
         def slow(self: Any, z: torch.Tensor) -> list[torch.Tensor]:
-            flag, self.use_matmul = self.use_matmul, False
+            flag = getattr(self, attr)
+            setattr(self, attr, off)
             try:
                 return fast(self, z)  # type: ignore[no-any-return]
             finally:
-                self.use_matmul = flag
+                setattr(self, attr, flag)
 
         patch(Conv, "adjoint", slow)
     elif path == "groups":
@@ -145,6 +146,7 @@ def main(argv: list[str] | None = None) -> int:
         labels_off = {
             "fusion": "no SumPool+ReLU fusion",
             "matmul": "conv1 adjoint by oneDNN",
+            "fft": "conv2 adjoint by oneDNN",
             "groups": "all 10 vectors in one pass",
         }
         for path, label in labels_off.items():

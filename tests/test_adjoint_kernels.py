@@ -13,7 +13,13 @@ from dense_oracle import jacobian
 
 import rprselect.solvers.dense as dense
 from rprselect import check_adjoint, linearize_batch
-from rprselect.adjoint_kernels import conv_adjoint_matmul, upsample_mask
+from rprselect.adjoint_kernels import (
+    conv_adjoint_fft,
+    conv_adjoint_matmul,
+    conv_spectrum,
+    fft_size,
+    upsample_mask,
+)
 from rprselect.models import MNISTNet
 from rprselect.rules import Conv, _per_sample, _upsample_nearest
 from rprselect.solvers import SolverConfig, svd_batch
@@ -122,3 +128,48 @@ def test_dense_path_passes_in_groups(monkeypatch: pytest.MonkeyPatch) -> None:
     assert torch.allclose(A, whole, rtol=1e-13, atol=1e-13 * float(whole.abs().max()))
     S = torch.linalg.svdvals(whole)
     assert torch.allclose(res.S, S[:, :10], rtol=1e-12)
+
+
+FFT_CASES: dict[str, dict[str, Any]] = {
+    "mnist-conv2": dict(spatial=(14, 14), c_in=8, c_out=6, k=5, padding=2),
+    "valid-odd": dict(spatial=(11, 9), c_in=3, c_out=4, k=5, padding=0),
+    "7x7-wide-pad": dict(spatial=(8, 10), c_in=2, c_out=3, k=7, padding=4),
+    "3d": dict(spatial=(7, 6, 5), c_in=2, c_out=3, k=5, padding=2),
+}
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+@pytest.mark.parametrize("name", list(FFT_CASES))
+def test_conv_adjoint_fft_equals_conv_transpose(name: str, dtype: torch.dtype) -> None:
+    c = FFT_CASES[name]
+    spatial, d, k, p = c["spatial"], len(c["spatial"]), c["k"], c["padding"]
+    g = torch.Generator().manual_seed(6)
+    w = torch.randn(c["c_out"], c["c_in"], *([k] * d), generator=g, dtype=dtype)
+    x = torch.randn(4, c["c_in"], *spatial, generator=g, dtype=dtype)
+    y = {2: F.conv2d, 3: F.conv3d}[d](x, w, None, 1, p)
+    z = torch.randn(y.shape, generator=g, dtype=dtype)
+    out, pad = tuple(y.shape[2:]), (p,) * d
+    size = fft_size(out, (k,) * d, pad, spatial)
+    got = conv_adjoint_fft(z, conv_spectrum(w, size), size, pad, spatial)
+    out_pad = tuple(n - ((o - 1) - 2 * p + k) for n, o in zip(spatial, out, strict=True))
+    want = CONV_T[d](z, w, None, 1, p, out_pad)
+    assert got.shape == x.shape
+    tol = 1e-12 if dtype == torch.float64 else 2e-6
+    assert torch.allclose(got, want, rtol=tol, atol=tol * float(want.abs().max()))
+    lhs, rhs = (y * z).sum().double(), (x * got).sum().double()
+    assert abs(float(lhs - rhs)) <= tol * float(y.norm() * z.norm())
+
+
+def test_conv_rule_takes_the_fft_path_for_5x5_float32() -> None:
+    g = torch.Generator().manual_seed(7)
+    w = torch.randn(64, 32, 5, 5, generator=g) / 40
+    rule = Conv("conv2", (32, 14, 14), w, 1, 2, 1, 1)
+    assert rule.fft_size == (16, 16)
+    assert Conv("c", (32, 14, 14), w.double(), 1, 2, 1, 1).fft_size is None  # float64: direct
+    assert Conv("c", (32, 14, 14), torch.randn(64, 32, 3, 3), 1, 1, 1, 1).fft_size is None
+    z = torch.randn(6, 64, 14, 14, generator=g)
+    got = rule.adjoint(z)[0]
+    want = F.conv_transpose2d(z.double(), w.double(), None, 1, 2)
+    direct = F.conv_transpose2d(z, w, None, 1, 2).double()
+    err, err_direct = (got.double() - want).norm(), (direct - want).norm()
+    assert err <= 2 * err_direct + 1e-7 * want.norm()  # as accurate as the direct convolution
