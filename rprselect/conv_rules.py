@@ -15,6 +15,9 @@ from .rule_base import Rule, _ntuple
 
 __all__ = ["Conv", "ConvTranspose"]
 
+#: smallest (out channels x in channels) whose large-kernel adjoint runs by FFT on the CPU
+_FFT_MIN_CHANNELS = 2048
+
 _CONV = {1: F.conv1d, 2: F.conv2d, 3: F.conv3d}
 _CONV_T = {1: F.conv_transpose1d, 2: F.conv_transpose2d, 3: F.conv_transpose3d}
 
@@ -109,14 +112,16 @@ class Conv(Rule):
         self.use_matmul = (
             d == 2 and groups == 1 and weight.shape[1] == 1 and all(st == 1 for st in self.stride)
         )
-        # 5x5 and larger kernels into several channels (MNIST's conv2): the convolution theorem
-        # beats oneDNN 1.4x for CPU float32 blocks (rprselect.adjoint_kernels)
+        # 5x5 and larger kernels between many channels (MNIST's conv2, 64x32): the convolution
+        # theorem beats oneDNN 1.4x (64x32) to 2.1x (128x64) for CPU float32 blocks; with
+        # channel products of 512 or less it was no faster, or slower (rprselect.adjoint_kernels)
         self.fft_size: tuple[int, ...] | None = None
         if (
             d == 2
             and groups == 1
             and not self.use_matmul
             and min(k) >= 5
+            and weight.shape[0] * weight.shape[1] >= _FFT_MIN_CHANNELS
             and all(st == 1 for st in self.stride)
             and all(dl == 1 for dl in self.dilation)
             and weight.dtype == torch.float32
@@ -156,6 +161,10 @@ class Conv(Rule):
         ]
 
     def extra_repr(self) -> str:
+        if self.use_matmul:
+            return f"{self.name}: adjoint = weight^T product + shifted sums (CPU), else flipped"
+        if self.fft_size is not None:
+            return f"{self.name}: adjoint = FFT on a {self.fft_size} grid (CPU float32)"
         if self.use_flipped:
             return (
                 f"{self.name}: adjoint = Conv{self.d}d(flipped weight {tuple(self.flipped.shape)})"

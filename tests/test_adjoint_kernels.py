@@ -167,6 +167,7 @@ def test_conv_rule_takes_the_fft_path_for_5x5_float32() -> None:
     assert rule.fft_size == (16, 16)
     assert Conv("c", (32, 14, 14), w.double(), 1, 2, 1, 1).fft_size is None  # float64: direct
     assert Conv("c", (32, 14, 14), torch.randn(64, 32, 3, 3), 1, 1, 1, 1).fft_size is None
+    assert Conv("c", (8, 28, 28), torch.randn(16, 8, 5, 5), 1, 2, 1, 1).fft_size is None  # few
     z = torch.randn(6, 64, 14, 14, generator=g)
     got = rule.adjoint(z)[0]
     want = F.conv_transpose2d(z.double(), w.double(), None, 1, 2)

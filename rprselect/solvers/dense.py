@@ -8,7 +8,8 @@ products per image, and a whole batch of images shares each pass.
 On the CPU the ``min(m, n)`` vectors go through the network in groups small enough that one
 group's largest activation stays within :data:`PASS_BYTES` (a few MiB, so it stays in cache and
 the allocator reuses its blocks instead of mapping fresh pages): for a batch of 64 MNIST images
-that is two of the ten vectors per pass, measured 1.3x faster than all ten at once.
+that is two of the ten vectors per pass; ``score()`` of 2000 MNIST images measured 1.2-1.7x
+faster than with all ten at once (scripts/profile_p2.py --ablate).
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from ..operator import LinearOperator
 from .lanczos import NotConvergedWarning
 from .result import SolverConfig, SVDResult, measured_residuals
 
-__all__ = ["dense_svd", "PASS_BYTES", "vectors_per_pass"]
+__all__ = ["dense_svd", "materialise", "PASS_BYTES", "vectors_per_pass"]
 
 #: CPU budget of one pass's largest activation (all samples, all vectors of the group)
 PASS_BYTES = 16 * 2**20
