@@ -174,3 +174,21 @@ def test_conv_rule_takes_the_fft_path_for_5x5_float32() -> None:
     direct = F.conv_transpose2d(z, w, None, 1, 2).double()
     err, err_direct = (got.double() - want).norm(), (direct - want).norm()
     assert err <= 2 * err_direct + 1e-7 * want.norm()  # as accurate as the direct convolution
+
+
+@pytest.mark.parametrize("shape", [(3, 10, 784), (2, 50, 6), (2, 7, 9)])
+def test_thin_svd_equals_lapack(shape: tuple[int, int, int]) -> None:
+    A = torch.randn(*shape, generator=torch.Generator().manual_seed(8), dtype=torch.float64)
+    A[0, 1] = 0.0 if shape[1] < shape[2] else A[0, 1]  # a rank-deficient sample
+    U, S, Vh = dense.thin_svd(A)
+    U0, S0, Vh0 = torch.linalg.svd(A, full_matrices=False)
+    assert torch.allclose(S, S0, rtol=1e-12, atol=1e-12 * float(S0.max()))
+    recon = U @ torch.diag_embed(S) @ Vh
+    assert torch.allclose(recon, A, atol=1e-12 * float(A.abs().max()))
+    r = min(shape[1:])
+    eye = torch.eye(r, dtype=torch.float64)
+    assert torch.allclose(U.transpose(1, 2) @ U, eye, atol=1e-13)
+    assert torch.allclose(Vh @ Vh.transpose(1, 2), eye, atol=1e-13)
+    # singular vectors of the distinct singular values agree with LAPACK's up to sign
+    top = (U[..., 0] * U0[..., 0]).sum(-1).abs()
+    assert torch.allclose(top, torch.ones_like(top), atol=1e-10)
