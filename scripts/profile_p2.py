@@ -72,7 +72,8 @@ def baseline_score(rev: str, tmp: Path) -> Callable[..., Any]:
 def without(path: str) -> Iterator[None]:
     """The current code with one fast path off: ``fusion`` (SumPool+ReLU adjoint in one
     product), ``matmul`` (conv adjoint into one channel by oneDNN instead), ``fft`` (5x5 conv
-    adjoint by oneDNN instead), ``groups`` (all vectors in one pass)."""
+    adjoint by oneDNN instead), ``groups`` (all vectors in one pass), ``svd`` (LAPACK's SVD of
+    the whole 10 x 784 matrix instead of QR first)."""
     import rprselect.adjoint as adj
     import rprselect.solvers.dense as dense
     from rprselect.rules import Conv
@@ -99,6 +100,8 @@ def without(path: str) -> Iterator[None]:
         patch(Conv, "adjoint", slow)
     elif path == "groups":
         patch(dense, "PASS_BYTES", 2**62)
+    elif path == "svd":
+        patch(dense, "thin_svd", lambda A: torch.linalg.svd(A, full_matrices=False))
     try:
         yield
     finally:
@@ -148,6 +151,7 @@ def main(argv: list[str] | None = None) -> int:
             "matmul": "conv1 adjoint by oneDNN",
             "fft": "conv2 adjoint by oneDNN",
             "groups": "all 10 vectors in one pass",
+            "svd": "LAPACK SVD without QR first",
         }
         for path, label in labels_off.items():
             variants[f"current, {label}"] = ablated(score, path)
