@@ -109,9 +109,10 @@ def _project_out(basis: Tensor, W: Tensor, local: int = 0) -> tuple[Tensor, Tens
     """``W``'s coefficients in ``basis`` and its part outside, by CGS with DGKS refinement.
 
     ``basis`` is ``(B, p, N)`` with orthonormal rows, ``W`` is ``(B, c, N)``; returns
-    ``(C (B, p, c), W - C^T basis)``. The Lanczos recurrence puts most of ``W`` on the last
-    ``local`` basis vectors; removing that part first lets the full pass usually pass the DGKS
-    test without its second sweep.
+    ``(C (B, p, c), W - C^T basis)``, the second **in W's storage** (W is overwritten: the
+    solver's blocks are its own scratch, so no full-length temporary is made). The Lanczos
+    recurrence puts most of ``W`` on the last ``local`` basis vectors; removing that part first
+    lets the full pass usually pass the DGKS test without its second sweep.
     """
     p = basis.shape[1]
     if p == 0:
@@ -120,15 +121,16 @@ def _project_out(basis: Tensor, W: Tensor, local: int = 0) -> tuple[Tensor, Tens
     if 0 < local < p:
         last = basis[:, p - local :]
         C[:, p - local :] = _coef(last, W)
-        W = W - _combine(C[:, p - local :].mT, last)
+        _subtract(W, C[:, p - local :].mT, last)
+    before = W.norm(dim=-1)
     C1 = _coef(basis, W)
-    Wp = W - _combine(C1.mT, basis)
-    C = C + C1
-    if bool((Wp.norm(dim=-1) < _ETA * W.norm(dim=-1)).any()):  # one refinement, if needed
-        C2 = _coef(basis, Wp)
-        Wp = Wp - _combine(C2.mT, basis)
-        C = C + C2
-    return C, Wp
+    _subtract(W, C1.mT, basis)
+    C += C1
+    if bool((W.norm(dim=-1) < _ETA * before).any()):  # one refinement, if needed
+        C2 = _coef(basis, W)
+        _subtract(W, C2.mT, basis)
+        C += C2
+    return C, W
 
 
 def _orthonormalize(
@@ -139,15 +141,23 @@ def _orthonormalize(
     Returns ``(Q, C, R)``: ``C (B, p, c)`` are W's coefficients in ``basis`` and
     ``R (B, want, c)`` those of its outside part in ``Q``, so ``W = C^T basis + R^T Q``.
     Deficient directions (already in the span) are replaced by random ones orthogonal to both,
-    so that the block keeps its size.
+    so that the block keeps its size. ``W`` is overwritten (and may become ``Q``).
+
+    One vector (``want = c = 1``, the default block size) is normalised in place, with the sign
+    LAPACK's Householder QR gives it: ``Q = w / β``, ``R = β = -sign(w_0) |w|``.
     """
     c = W.shape[1]
+    norm0 = W.norm(dim=-1).clamp_min(torch.finfo(W.dtype).tiny)
     C, Wp = _project_out(basis, W, local)
+    tiny = 1e3 * torch.finfo(W.dtype).eps
+    if c == want == 1:
+        r = Wp.norm(dim=-1, keepdim=True)  # (B, 1, 1)
+        if not bool((r[..., 0] <= tiny * norm0).any()):
+            beta = -torch.copysign(r, Wp[..., :1])
+            return Wp.div_(beta), C, beta
     if c < want:  # zero rows count as deficient and are filled below
         Wp = torch.cat([Wp, Wp.new_zeros(Wp.shape[0], want - c, Wp.shape[2])], 1)
-    norm0 = W.norm(dim=-1).clamp_min(torch.finfo(W.dtype).tiny)
     Qc, Rc = torch.linalg.qr(Wp.mT)  # (B, N, c'), (B, c', c')
-    tiny = 1e3 * torch.finfo(W.dtype).eps
     if c < want:
         norm0 = torch.cat([norm0, norm0.new_ones(norm0.shape[0], want - c)], 1)
     bad = Rc.diagonal(dim1=-2, dim2=-1).abs() <= tiny * norm0
@@ -255,26 +265,39 @@ def lanczos_svd(
     # rounding of a product (or of the bases, when coarser), relative to |A|
     floor = 8 * max(torch.finfo(op.dtype).eps, torch.finfo(dt).eps)
 
+    # the adjoint pass reads the new left block from the basis, unless the basis is coarser
+    # than the products (float32 bases, float64 network), where it needs the float64 block
+    from_basis = dt == ct or op.dtype.itemsize <= dt.itemsize
+
     for step in range(1, config.max_iter + 1):
+        # No block outlives its use: every pass runs with only the bases and the recording live.
         W = _apply(op, Vt[:, p : p + bv], adjoint=False)  # (B, bv, m)
         bu = min(b, m - q)
         Q, C1, R = _orthonormalize(W, Ut[:, :q], bu, gen, local=b)
+        del W  # (overwritten: it may be Q's storage)
         Bm[:, :q, p : p + bv] = C1
         Bm[:, q : q + bu, :p] = 0
         Bm[:, q : q + bu, p : p + bv] = R
         p += bv
-        Zq = None
-        if bu > 0:
-            Ut[:, q : q + bu] = Q
-            q += bu
-            Zq = _apply(op, Q, adjoint=True)  # (B, bu, n)
+        rows = Ut[:, q : q + bu] if from_basis else Q
+        Ut[:, q : q + bu] = Q
+        del Q
+        q += bu
+        Zq = _apply(op, rows, adjoint=True) if bu > 0 else None  # (B, bu, n)
+        del rows
         bv = min(b, n - p)
         E = torch.zeros(B, bv, q, dtype=ct, device=dev)
         if bv > 0:
-            src = Zq if Zq is not None else torch.randn(B, b, n, generator=gen, dtype=ct).to(dev)
-            P, _, Cp = _orthonormalize(src, Vt[:, :p], bv, gen, local=b)
-            Vt[:, p : p + bv] = P
+            had = Zq is not None
             if Zq is not None:
+                src, Zq = Zq, None
+            else:
+                src = torch.randn(B, b, n, generator=gen, dtype=ct).to(dev)
+            P, _, Cp = _orthonormalize(src, Vt[:, :p], bv, gen, local=b)
+            del src
+            Vt[:, p : p + bv] = P
+            del P
+            if had:
                 E[..., q - bu : q] = Cp
         ritz = _Ritz.of(Bm, E, L, p, q, S_lock, R_lock)
         kk = min(k, ritz.S.shape[-1])
@@ -314,8 +337,10 @@ def lanczos_svd(
             ritz = _Ritz.of(Bm, E, L, p, q, S_lock, R_lock)
 
     kk = min(k, ritz.S.shape[-1])  # max_iter may stop before k Ritz values exist
-    Uk = _combine(ritz.left()[..., :kk].mT, Ut[:, :q])
     Vk = _combine(ritz.right()[..., :kk].mT, Vt[:, :p])
+    del Vt  # each basis goes before the next float64 result is made
+    Uk = _combine(ritz.left()[..., :kk].mT, Ut[:, :q])
+    del Ut
     Sk = ritz.S[..., :kk].clone()
     residuals = _relative(ritz.R[..., :kk], Sk, floor)
     if kk < k:  # missing triplets: zero vectors and values, infinite residual (as slepc does)
@@ -347,7 +372,18 @@ def lanczos_svd(
     )
 
 
-_CHUNK = 1 << 16  # columns per slab when a basis stored in float32 is upcast
+_CHUNK = 1 << 14  # columns per slab when a basis stored in float32 is upcast (fits in L2/L3)
+
+
+def _subtract(W: Tensor, coef: Tensor, basis: Tensor) -> None:
+    """``W -= coef @ basis`` in place: ``(B, c, N) -= (B, c, p) (B, p, N)``, one GEMM with
+    ``beta = 1`` and no full-length temporary (slab by slab when the basis is stored coarser,
+    as in :func:`_coef`)."""
+    if basis.dtype == W.dtype:
+        W.baddbmm_(coef, basis, alpha=-1)
+        return
+    for j in range(0, basis.shape[-1], _CHUNK):
+        W[..., j : j + _CHUNK].baddbmm_(coef, basis[..., j : j + _CHUNK].to(W.dtype), alpha=-1)
 
 
 def _coef(basis: Tensor, W: Tensor) -> Tensor:
