@@ -17,6 +17,7 @@ CASES = {
     ),
     "2d-strided": dict(shape=(3, 9, 8), out=4, k=3, stride=2, padding=1, dilation=1, groups=1),
     "1d-valid": dict(shape=(2, 11), out=3, k=5, stride=1, padding=0, dilation=1, groups=1),
+    "3d-pointwise": dict(shape=(8, 6, 7, 5), out=2, k=1, stride=1, padding=0, dilation=1, groups=1),
 }
 CONV = {1: F.conv1d, 2: F.conv2d, 3: F.conv3d}
 CONV_T = {1: F.conv_transpose1d, 2: F.conv_transpose2d, 3: F.conv_transpose3d}
