@@ -198,7 +198,14 @@ def _throughput_tables(tput: dict[str, Any], s: dict[str, Any]) -> list[str]:
         "",
         f"Ranking mode: same top 10% as the tol ranking: {vo['same_top10']}; largest certified "
         f"half-width {vo['rank_max_half_width']:.1e}; max |ΔRPR| against tol "
-        f"{vo['max_abs_rpr_rank']:.1e}; stops {vo['rank_stop']}.",
+        f"{vo['max_abs_rpr_rank']:.1e}; stops {vo['rank_stop']}."
+        + (
+            f" Each volume's own certificate came at {vo['rank_volume_products']:.1f} products "
+            f"on average ({vo['rank_volume_products'] / max(vo['rpr_products'], 1e-12):.0%} of "
+            "the tol products): the rest is the lockstep batch waiting for its slowest volume."
+            if "rank_volume_products" in vo
+            else ""
+        ),
     ]
     trace = [tput[key] for key in ("trace_once_mnist", "trace_once_volumes") if key in tput]
     if trace:
