@@ -8,14 +8,19 @@ bases, and the working tree's ``lanczos.py`` or the one committed at ``--baselin
 in place of the current module, the rest of the library unchanged). Rows are interleaved so
 that before and after share the machine's load.
 
+``--free-forward`` adds an ablation (not library code): the operator's forward pass freeing
+each tangent after its last reader, as the adjoint pass does. ``--repeats`` runs every
+configuration that many times, interleaved; heap layout moves the peak by 10-20 MiB between
+identical runs, so the table gives the median and the range.
+
 ``--stages`` instead runs one configuration with the solver's stages wrapped: for each stage
-(the forward and adjoint passes, the two orthonormalisations, the Ritz step, the restart) it
-prints the RSS on entry and the peak RSS inside (``VmHWM`` reset on entry), the largest over all
-steps, and the live tensor bytes the solver holds (bases, blocks) on entry.
+(linearisation, forward and adjoint passes, orthonormalisations, Ritz step, restart) it prints
+the RSS on entry and the peak RSS inside (``VmHWM`` reset on entry), the largest over all steps;
+``(after)`` is the peak after the last stage (the Ritz vectors being formed).
 
 Usage::
 
-    OMP_NUM_THREADS=1 .venv/bin/python scripts/profile_p4.py --baseline 3dfa99c
+    OMP_NUM_THREADS=1 .venv/bin/python scripts/profile_p4.py --baseline 3dfa99c --repeats 3
     OMP_NUM_THREADS=1 .venv/bin/python scripts/profile_p4.py --stages float32 --weights random
 
 This is a measurement script; no library code imports it.
@@ -25,7 +30,9 @@ from __future__ import annotations
 
 import argparse
 import ctypes
+import itertools
 import json
+import statistics
 import subprocess
 import sys
 import time
@@ -193,16 +200,25 @@ def stages(weights: str, basis: str, size: int) -> None:
 
 
 def table(rows: list[dict[str, Any]]) -> str:
+    """One line per configuration: the median over repeats (min-max of the peak)."""
+    groups: dict[tuple[str, str, str], list[dict[str, Any]]] = {}
+    for r in rows:
+        groups.setdefault((r["weights"], r["basis"], r["code"]), []).append(r)
     out = [
-        "| weights | bases | code | forward MiB | SVD peak MiB | peak/forward | wall s | products "
-        "| max residual | S1 | S10 |",
+        "| weights | bases | lanczos.py | forward MiB | SVD peak MiB, median (min-max) "
+        "| peak/forward | wall s | products | max residual | S1 | S10 |",
         "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
-    for r in rows:
+    for (w, b, c), rs in groups.items():
+        peaks = sorted(r["peak_mib"] for r in rs)
+        med = statistics.median(peaks)
+        fwd = statistics.median(r["forward_mib"] for r in rs)
+        wall = statistics.median(r["seconds"] for r in rs)
+        r = rs[0]
         out.append(
-            f"| {r['weights']} | {r['basis']} | {r['code']} | {r['forward_mib']:.0f} | "
-            f"{r['peak_mib']:.0f} | {r['ratio']:.2f}x | {r['seconds']:.1f} | {r['products']} | "
-            f"{r['max_residual']:.2e} | {r['S1']:.10g} | {r['S10']:.10g} |"
+            f"| {w} | {b} | {c} | {fwd:.0f} | {med:.0f} ({peaks[0]:.0f}-{peaks[-1]:.0f}) | "
+            f"{med / fwd:.2f}x | {wall:.1f} | {r['products']} | {r['max_residual']:.2e} | "
+            f"{r['S1']:.10g} | {r['S10']:.10g} |"
         )
     return "\n".join(out)
 
@@ -213,6 +229,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--weights", nargs="+", default=["random", "trained"])
     ap.add_argument("--basis", nargs="+", default=["float64", "float32"])
     ap.add_argument("--size", type=int, default=64)
+    ap.add_argument("--repeats", type=int, default=1, help="processes per configuration")
     ap.add_argument("--free-forward", action="store_true", help="also the _free_forward ablation")
     ap.add_argument("--stages", default=None, help="basis dtype: per-stage RSS of one solve")
     ap.add_argument("--one", default=None, help=argparse.SUPPRESS)  # weights,basis,code (child)
@@ -223,21 +240,21 @@ def main(argv: list[str] | None = None) -> int:
         print(json.dumps(one(w, b, c, args.size)))
         return 0
     if args.stages:
+        if args.free_forward:
+            _free_forward()
         for w in args.weights:
             stages(w, args.stages, args.size)
         return 0
     codes = ([args.baseline] if args.baseline else []) + ["current"]
     codes += ["current+freefwd"] if args.free_forward else []
     rows = []
-    for w in args.weights:
-        for b in args.basis:
-            for c in codes:
-                cmd = [sys.executable, __file__, "--one", f"{w},{b},{c}", "--size", str(args.size)]
-                done = subprocess.run(cmd, cwd=ROOT, check=True, capture_output=True, text=True)
-                rows.append(json.loads(done.stdout.strip().splitlines()[-1]))
-                print(json.dumps(rows[-1]), file=sys.stderr, flush=True)
-    if args.out:
-        Path(args.out).write_text(json.dumps(rows, indent=1))
+    for _, w, b, c in itertools.product(range(args.repeats), args.weights, args.basis, codes):
+        cmd = [sys.executable, __file__, "--one", f"{w},{b},{c}", "--size", str(args.size)]
+        done = subprocess.run(cmd, cwd=ROOT, check=True, capture_output=True, text=True)
+        rows.append(json.loads(done.stdout.strip().splitlines()[-1]))
+        print(json.dumps(rows[-1]), file=sys.stderr, flush=True)
+        if args.out:  # partial results survive an interrupted run
+            Path(args.out).write_text(json.dumps(rows, indent=1))
     print(table(rows))
     return 0
 

@@ -337,10 +337,12 @@ def lanczos_svd(
             ritz = _Ritz.of(Bm, E, L, p, q, S_lock, R_lock)
 
     kk = min(k, ritz.S.shape[-1])  # max_iter may stop before k Ritz values exist
-    Vk = _combine(ritz.right()[..., :kk].mT, Vt[:, :p])
-    del Vt  # each basis goes before the next float64 result is made
+    # The shorter result first, its basis freed before the longer one is made: the peak is
+    # then V + U_k + V_k instead of U + V + V_k.
     Uk = _combine(ritz.left()[..., :kk].mT, Ut[:, :q])
     del Ut
+    Vk = _combine(ritz.right()[..., :kk].mT, Vt[:, :p])
+    del Vt
     Sk = ritz.S[..., :kk].clone()
     residuals = _relative(ritz.R[..., :kk], Sk, floor)
     if kk < k:  # missing triplets: zero vectors and values, infinite residual (as slepc does)
