@@ -179,8 +179,8 @@ def stages(weights: str, basis: str, size: int) -> None:
         return inner
 
     L._apply = wrap("apply", L._apply)
-    L._orthonormalize = wrap("orthonormalize", L._orthonormalize)
-    L._rotate = wrap("rotate", L._rotate)
+    L.orthonormalize = wrap("orthonormalize", L.orthonormalize)
+    L.rotate = wrap("rotate", L.rotate)
     of = L._Ritz.of
     L._Ritz.of = staticmethod(wrap("ritz", of))  # type: ignore[method-assign]
     import rprselect.solvers as S

@@ -6,8 +6,9 @@ One step of the block variant with block size ``b`` (``b = 1`` is the classic me
 2. the part of ``W`` outside span(U), orthonormalised, is the next left block ``Q``;
 3. ``A^T Q`` (one pass); its part outside span(V), orthonormalised, is the next ``P``.
 
-Only the two bases are kept, in preallocated float64 buffers written in place (rows are
-vectors, so every active basis is a contiguous slice). The products are not stored: they are
+Only the two bases are kept, in preallocated buffers written in place (rows are vectors, so
+every active basis is a contiguous slice), stored in float64 or float32 with every sum over them
+in float64 (:mod:`rprselect.solvers.basis`). The products are not stored: they are
 recovered from the projected matrix ``B = U^T A V``, which the orthogonalisation coefficients
 give column block by column block:
 
@@ -23,11 +24,17 @@ pending block, which is orthogonal to them. The converged leading triplets are a
 the kept vectors. All ``B`` samples iterate in lockstep, so every pass carries ``B * b``
 vectors. Orthogonalisation is classical Gram-Schmidt with one refinement pass when the
 DGKS criterion asks for it (``|w'| < |w| / sqrt(2)``), as SLEPc does.
+
+**Locking** (``SolverConfig.lock``): at a restart, the leading triplets that met ``tol`` in
+every sample are frozen (rows ``:L`` of both bases). Later steps take the SVD of the unlocked
+block ``B_AA`` only; ``A v - σ u = U_L (B_LA y)`` for an unlocked triplet, the coupling to the
+locked left vectors, enters its residual next to ``|E x|``, and a locked triplet keeps the
+residual it had when it was locked (its vectors no longer change), so every reported residual
+is the one explicit products would measure.
 """
 
 from __future__ import annotations
 
-import math
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -36,11 +43,10 @@ import torch
 from torch import Tensor
 
 from ..operator import LinearOperator
+from .basis import coefficients, combine, orthonormalize, rotate
 from .result import SolverConfig, SVDResult
 
 __all__ = ["lanczos_svd", "NotConvergedWarning", "LanczosState", "StopRule", "restart_keep"]
-
-_ETA = 1 / math.sqrt(2)  # DGKS: refine when the projection removed more than this share
 
 
 @dataclass(frozen=True)
@@ -86,14 +92,14 @@ class LanczosState:
     def right_vectors(self, r: int | None = None) -> Tensor:
         """The top-``r`` right Ritz vectors, ``(B, n, r)`` in float64 (default ``r = k``)."""
         r = self.values.shape[-1] if r is None else r
-        return _combine(self._Y[..., :r].mT, self._V).mT
+        return combine(self._Y[..., :r].mT, self._V).mT
 
     def coefficients(self, x: Tensor) -> Tensor:
         """``V_k^T x`` for one vector per sample, ``x`` of shape ``(B, n)``: ``(B, k)``.
 
         Costs one pass over the basis (no product); RPR(x; k) is ``|V_k^T x|^2 / |x|^2``.
         """
-        c = _coef(self._V, x.to(self._Y.dtype).unsqueeze(1))  # (B, p, 1)
+        c = coefficients(self._V, x.to(self._Y.dtype).unsqueeze(1))  # (B, p, 1)
         return (self._Y[..., : self.values.shape[-1]].mT @ c)[..., 0]
 
 
@@ -103,72 +109,6 @@ StopRule = Callable[[LanczosState], bool]
 
 class NotConvergedWarning(UserWarning):
     """Some singular triplets did not reach the tolerance; see ``SVDResult.converged``."""
-
-
-def _project_out(basis: Tensor, W: Tensor, local: int = 0) -> tuple[Tensor, Tensor]:
-    """``W``'s coefficients in ``basis`` and its part outside, by CGS with DGKS refinement.
-
-    ``basis`` is ``(B, p, N)`` with orthonormal rows, ``W`` is ``(B, c, N)``; returns
-    ``(C (B, p, c), W - C^T basis)``, the second **in W's storage** (W is overwritten: the
-    solver's blocks are its own scratch, so no full-length temporary is made). The Lanczos
-    recurrence puts most of ``W`` on the last ``local`` basis vectors; removing that part first
-    lets the full pass usually pass the DGKS test without its second sweep.
-    """
-    p = basis.shape[1]
-    if p == 0:
-        return W.new_zeros(W.shape[0], 0, W.shape[1]), W
-    C = W.new_zeros(W.shape[0], p, W.shape[1])
-    if 0 < local < p:
-        last = basis[:, p - local :]
-        C[:, p - local :] = _coef(last, W)
-        _subtract(W, C[:, p - local :].mT, last)
-    before = W.norm(dim=-1)
-    C1 = _coef(basis, W)
-    _subtract(W, C1.mT, basis)
-    C += C1
-    if bool((W.norm(dim=-1) < _ETA * before).any()):  # one refinement, if needed
-        C2 = _coef(basis, W)
-        _subtract(W, C2.mT, basis)
-        C += C2
-    return C, W
-
-
-def _orthonormalize(
-    W: Tensor, basis: Tensor, want: int, gen: torch.Generator, local: int = 0
-) -> tuple[Tensor, Tensor, Tensor]:
-    """An orthonormal ``(B, want, N)`` block spanning W's part outside ``basis``.
-
-    Returns ``(Q, C, R)``: ``C (B, p, c)`` are W's coefficients in ``basis`` and
-    ``R (B, want, c)`` those of its outside part in ``Q``, so ``W = C^T basis + R^T Q``.
-    Deficient directions (already in the span) are replaced by random ones orthogonal to both,
-    so that the block keeps its size. ``W`` is overwritten (and may become ``Q``).
-
-    One vector (``want = c = 1``, the default block size) is normalised in place, with the sign
-    LAPACK's Householder QR gives it: ``Q = w / β``, ``R = β = -sign(w_0) |w|``.
-    """
-    c = W.shape[1]
-    norm0 = W.norm(dim=-1).clamp_min(torch.finfo(W.dtype).tiny)
-    C, Wp = _project_out(basis, W, local)
-    tiny = 1e3 * torch.finfo(W.dtype).eps
-    if c == want == 1:
-        r = Wp.norm(dim=-1, keepdim=True)  # (B, 1, 1)
-        if not bool((r[..., 0] <= tiny * norm0).any()):
-            beta = -torch.copysign(r, Wp[..., :1])
-            return Wp.div_(beta), C, beta
-    if c < want:  # zero rows count as deficient and are filled below
-        Wp = torch.cat([Wp, Wp.new_zeros(Wp.shape[0], want - c, Wp.shape[2])], 1)
-    Qc, Rc = torch.linalg.qr(Wp.mT)  # (B, N, c'), (B, c', c')
-    if c < want:
-        norm0 = torch.cat([norm0, norm0.new_ones(norm0.shape[0], want - c)], 1)
-    bad = Rc.diagonal(dim1=-2, dim2=-1).abs() <= tiny * norm0
-    if bool(bad[:, :want].any()):
-        noise = torch.randn(Wp.shape, generator=gen, dtype=W.dtype).to(W.device)
-        filled = torch.where(bad.unsqueeze(-1), noise, Wp)
-        for _ in range(2):
-            _, filled = _project_out(basis, filled)
-        Qc, _ = torch.linalg.qr(filled.mT)
-    Q = Qc[..., :want].mT.contiguous()
-    return Q, C, Q @ Wp[:, :c].mT
 
 
 def _fit_ncv(
@@ -259,7 +199,7 @@ def lanczos_svd(
     R_lock = torch.zeros(B, 0, dtype=ct, device=dev)
     start = torch.randn(B, b, n, generator=gen, dtype=ct).to(dev)
     bv = min(b, n)
-    Vt[:, :bv] = _orthonormalize(start, Vt[:, :0], bv, gen)[0]
+    Vt[:, :bv] = orthonormalize(start, Vt[:, :0], bv, gen)[0]
     E = torch.zeros(B, bv, 0, dtype=ct, device=dev)  # (I - VV^T) A^T U = P E
     reason = "max_iter"
     # rounding of a product (or of the bases, when coarser), relative to |A|
@@ -273,7 +213,7 @@ def lanczos_svd(
         # No block outlives its use: every pass runs with only the bases and the recording live.
         W = _apply(op, Vt[:, p : p + bv], adjoint=False)  # (B, bv, m)
         bu = min(b, m - q)
-        Q, C1, R = _orthonormalize(W, Ut[:, :q], bu, gen, local=b)
+        Q, C1, R = orthonormalize(W, Ut[:, :q], bu, gen, local=b)
         del W  # (overwritten: it may be Q's storage)
         Bm[:, :q, p : p + bv] = C1
         Bm[:, q : q + bu, :p] = 0
@@ -293,7 +233,7 @@ def lanczos_svd(
                 src, Zq = Zq, None
             else:
                 src = torch.randn(B, b, n, generator=gen, dtype=ct).to(dev)
-            P, _, Cp = _orthonormalize(src, Vt[:, :p], bv, gen, local=b)
+            P, _, Cp = orthonormalize(src, Vt[:, :p], bv, gen, local=b)
             del src
             Vt[:, p : p + bv] = P
             del P
@@ -319,8 +259,8 @@ def lanczos_svd(
             Xl, Yl = ritz.X[..., :ka], ritz.Y[..., :ka]
             pending = Vt[:, p : p + bv].clone()
             coupling = Bm[:, :L, L:p] @ Yl  # U_L^T A V_active after the rotation
-            _rotate(Vt[:, L:], Yl, p - L)
-            _rotate(Ut[:, L:], Xl, q - L)
+            rotate(Vt[:, L:], Yl, p - L)
+            rotate(Ut[:, L:], Xl, q - L)
             Vt[:, keep : keep + bv] = pending
             Bm[:, L:keep, :keep] = 0
             Bm[:, L:keep, L:keep] = torch.diag_embed(ritz.S_act[..., :ka])
@@ -339,9 +279,9 @@ def lanczos_svd(
     kk = min(k, ritz.S.shape[-1])  # max_iter may stop before k Ritz values exist
     # The shorter result first, its basis freed before the longer one is made: the peak is
     # then V + U_k + V_k instead of U + V + V_k.
-    Uk = _combine(ritz.left()[..., :kk].mT, Ut[:, :q])
+    Uk = combine(ritz.left()[..., :kk].mT, Ut[:, :q])
     del Ut
-    Vk = _combine(ritz.right()[..., :kk].mT, Vt[:, :p])
+    Vk = combine(ritz.right()[..., :kk].mT, Vt[:, :p])
     del Vt
     Sk = ritz.S[..., :kk].clone()
     residuals = _relative(ritz.R[..., :kk], Sk, floor)
@@ -372,55 +312,6 @@ def lanczos_svd(
         stop_reason=reason,
         n_locked=L,
     )
-
-
-_CHUNK = 1 << 14  # columns per slab when a basis stored in float32 is upcast (fits in L2/L3)
-
-
-def _subtract(W: Tensor, coef: Tensor, basis: Tensor) -> None:
-    """``W -= coef @ basis`` in place: ``(B, c, N) -= (B, c, p) (B, p, N)``, one GEMM with
-    ``beta = 1`` and no full-length temporary (slab by slab when the basis is stored coarser,
-    as in :func:`_coef`)."""
-    if basis.dtype == W.dtype:
-        W.baddbmm_(coef, basis, alpha=-1)
-        return
-    for j in range(0, basis.shape[-1], _CHUNK):
-        W[..., j : j + _CHUNK].baddbmm_(coef, basis[..., j : j + _CHUNK].to(W.dtype), alpha=-1)
-
-
-def _coef(basis: Tensor, W: Tensor) -> Tensor:
-    """``basis @ W^T``: ``(B, p, N)`` rows times ``(B, c, N)`` rows, ``(B, p, c)`` in W's dtype.
-
-    A basis stored coarser than ``W`` (float32 bases, float64 arithmetic) is upcast a slab of
-    columns at a time, so the sums run in float64 with ``p x`` :data:`_CHUNK` numbers of scratch.
-    """
-    if basis.dtype == W.dtype:
-        return basis @ W.mT
-    out = W.new_zeros(W.shape[0], basis.shape[1], W.shape[1])
-    for j in range(0, W.shape[-1], _CHUNK):
-        out += basis[..., j : j + _CHUNK].to(W.dtype) @ W[..., j : j + _CHUNK].mT
-    return out
-
-
-def _combine(coef: Tensor, basis: Tensor) -> Tensor:
-    """``coef @ basis``: ``(B, r, p)`` times ``(B, p, N)`` rows, ``(B, r, N)`` in coef's dtype
-    (slab by slab when the basis is stored coarser, as in :func:`_coef`)."""
-    if basis.dtype == coef.dtype:
-        return coef @ basis
-    out = coef.new_empty(coef.shape[0], coef.shape[1], basis.shape[-1])
-    for j in range(0, basis.shape[-1], _CHUNK):
-        out[..., j : j + _CHUNK] = coef @ basis[..., j : j + _CHUNK].to(coef.dtype)
-    return out
-
-
-def _rotate(basis: Tensor, coef: Tensor, p: int, chunk: int = _CHUNK) -> None:
-    """``basis[:, :keep] = coef^T basis[:, :p]`` in place, a slab of columns at a time, so that
-    the restart needs ``keep x chunk`` numbers of scratch instead of a second basis (the sums in
-    ``coef``'s dtype, float64)."""
-    keep = coef.shape[-1]
-    for j in range(0, basis.shape[-1], chunk):
-        cols = basis[:, :p, j : j + chunk]
-        basis[:, :keep, j : j + chunk] = coef.mT @ cols.to(coef.dtype)
 
 
 def _relative(r: Tensor, S: Tensor, floor: float, top: Tensor | None = None) -> Tensor:
