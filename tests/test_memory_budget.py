@@ -8,8 +8,9 @@ import torch
 import rprselect
 from rprselect.models import PocketUNet
 from rprselect.solvers import SolverConfig
-from rprselect.solvers.lanczos import lanczos_svd
+from rprselect.solvers.lanczos import lanczos_svd, storage_for_budget
 from rprselect.solvers.memory import parse_memory, plan_memory, window_costs
+from rprselect.solvers.result import measured_residuals
 
 
 def test_parse_memory() -> None:
@@ -39,6 +40,33 @@ def test_lanczos_basis_shrinks_to_the_budget_and_gives_the_same_answer() -> None
     assert bool(tight.converged.all()) and tight.n_products >= free.n_products
     with pytest.raises(ValueError, match="max_memory=.*below the smallest rank-4"):
         lanczos_svd(rprselect.linearize_batch(net, X), k, 1e-10, SolverConfig(max_memory=1000))
+
+
+def test_a_float32_network_stores_its_bases_in_float32_before_the_basis_shrinks() -> None:
+    """Between the float32 and the float64 need at the default basis, a float32 network keeps
+    its basis size (same products) with float32-stored bases; a float64 network shrinks it."""
+    torch.manual_seed(0)
+    net = PocketUNet(2, 2, dims=2, depth=2, filters=4).eval()
+    X = torch.rand(1, 2, 16, 16)
+    m = n = 2 * 16 * 16
+    k, ncv = 4, 20
+    block = 2 * 1 * (m + n) * 4
+    budget = 6 * (ncv + 1) * (m + n) + block  # float32 bases fit, float64 ones do not
+    assert storage_for_budget(budget, ncv, 1, 1, m, n, torch.float32, "float64") == "float32"
+    assert storage_for_budget(budget, ncv, 1, 1, m, n, torch.float64, "float64") == "float64"
+    roomy = 8 * (ncv + 1) * (m + n) + block
+    assert storage_for_budget(roomy, ncv, 1, 1, m, n, torch.float32, "float64") == "float64"
+    free = lanczos_svd(rprselect.linearize_batch(net, X), k, 1e-4, SolverConfig(ncv=ncv))
+    tight = lanczos_svd(rprselect.linearize_batch(net, X), k, 1e-4,
+                        SolverConfig(ncv=ncv, max_memory=budget))  # fmt: skip
+    assert tight.n_products == free.n_products and bool(tight.converged.all())
+    torch.testing.assert_close(tight.S, free.S, rtol=1e-6, atol=0)
+    measured = measured_residuals(
+        rprselect.linearize_batch(net, X), tight.U.reshape(1, k, -1), tight.S,
+        tight.V.reshape(1, k, -1),
+    )  # fmt: skip
+    # both sides of float32 product rounding (the solver adds 8 eps_32 sigma_1 in quadrature)
+    torch.testing.assert_close(measured, tight.residuals, rtol=0.05, atol=2e-6)
 
 
 def test_window_costs_count_the_recording_and_the_activations() -> None:

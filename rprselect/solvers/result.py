@@ -28,7 +28,9 @@ class SolverConfig:
         slepc_type: SLEPc SVD type; the paper uses ``"cross"``.
         slepc_max_it: SLEPc iteration limit.
         max_memory: a memory budget for the Lanczos solve, bytes or a string such as
-            ``"8GB"``: ``ncv`` is lowered (more products, same answer) until the bases fit,
+            ``"8GB"``: a float32 network's bases are first stored in float32 (sums stay
+            float64; same answer to the products' rounding), then ``ncv`` is lowered (more
+            products, same answer) until the bases fit,
             and a ``ValueError`` names the shortfall when even ``k + b + 1`` vectors do not.
             The sliding-window engine plans windows per pass with
             :func:`~rprselect.solvers.memory.plan_memory` under the same budget.
