@@ -8,8 +8,8 @@ import torch
 import rprselect
 from rprselect.models import PocketUNet
 from rprselect.solvers import SolverConfig
-from rprselect.solvers.lanczos import lanczos_svd, storage_for_budget
-from rprselect.solvers.memory import parse_memory, plan_memory, window_costs
+from rprselect.solvers.lanczos import lanczos_svd
+from rprselect.solvers.memory import parse_memory, plan_memory, storage_for_budget, window_costs
 from rprselect.solvers.result import measured_residuals
 
 

@@ -44,6 +44,7 @@ from torch import Tensor
 
 from ..operator import LinearOperator
 from .basis import coefficients, combine, orthonormalize, rotate
+from .memory import fit_ncv, storage_for_budget
 from .result import SolverConfig, SVDResult
 
 __all__ = [
@@ -52,7 +53,6 @@ __all__ = [
     "LanczosState",
     "StopRule",
     "restart_keep",
-    "storage_for_budget",
 ]
 
 
@@ -118,52 +118,6 @@ class NotConvergedWarning(UserWarning):
     """Some singular triplets did not reach the tolerance; see ``SVDResult.converged``."""
 
 
-def _fit_ncv(
-    budget: int | str,
-    ncv: int,
-    k: int,
-    b: int,
-    B: int,
-    m: int,
-    n: int,
-    dtype: torch.dtype,
-    basis_dtype: str = "float64",
-) -> int:
-    """The largest basis ``<= ncv`` whose bases and blocks fit ``budget``."""
-    from .memory import parse_memory
-
-    limit = parse_memory(budget)
-    block = 2 * B * b * (m + n) * dtype.itemsize
-    w = getattr(torch, basis_dtype).itemsize
-    for cv in range(ncv, k + b, -1):
-        if w * B * (cv + b) * (m + n) + block <= limit:
-            return cv
-    need = w * B * (k + 2 * b + 1) * (m + n) + block
-    raise ValueError(
-        f"max_memory={budget!r} is below the smallest rank-{k} Lanczos solve of this operator: "
-        f"{need / 2**30:.2f} GiB of bases and blocks for {B} sample(s) of {m} x {n}"
-    )
-
-
-def storage_for_budget(
-    budget: int | str, ncv: int, b: int, B: int, m: int, n: int, dtype: torch.dtype, asked: str
-) -> str:
-    """The basis storage under a memory budget: a network whose products are float32 (or
-    coarser) gets float32-stored bases when float64 ones would not fit at ``ncv`` but float32
-    ones would, before :func:`_fit_ncv` lowers ``ncv``. Its products carry float32 rounding
-    anyway and the sums stay in float64, so the answer is the same to that rounding, while a
-    smaller basis would cost products."""
-    from .memory import parse_memory
-
-    if asked != "float64" or dtype.itemsize > 4:
-        return asked
-    limit = parse_memory(budget)
-    block = 2 * B * b * (m + n) * dtype.itemsize
-    if 8 * B * (ncv + b) * (m + n) + block <= limit:
-        return "float64"
-    return "float32" if 4 * B * (ncv + b) * (m + n) + block <= limit else "float64"
-
-
 def _default_ncv(k: int, b: int, m: int, n: int) -> int:
     return min(max(2 * k + 2 * b, k + 16), min(m, n) + b)
 
@@ -209,7 +163,7 @@ def lanczos_svd(
     storage = config.basis_dtype
     if config.max_memory is not None:
         storage = storage_for_budget(config.max_memory, ncv, b, B, m, n, op.dtype, storage)
-        ncv = _fit_ncv(config.max_memory, ncv, k, b, B, m, n, op.dtype, storage)
+        ncv = fit_ncv(config.max_memory, ncv, k, b, B, m, n, op.dtype, storage)
     # Products run in the network's dtype. The bases are stored in `dt` (float64 by default, as
     # SLEPc keeps its vectors) and every sum over them runs in float64 (`ct`): with float32 sums
     # over 64^3 vectors the reported residual (9e-5) was below the measured one (2.4e-4).

@@ -34,7 +34,16 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
-__all__ = ["MemoryPlan", "describe", "parse_memory", "plan_memory", "plan_sliding", "window_costs"]
+__all__ = [
+    "MemoryPlan",
+    "describe",
+    "fit_ncv",
+    "parse_memory",
+    "plan_memory",
+    "plan_sliding",
+    "storage_for_budget",
+    "window_costs",
+]
 
 _UNITS = {"": 1, "B": 1, "K": 2**10, "M": 2**20, "G": 2**30, "T": 2**40}
 
@@ -267,3 +276,44 @@ def describe(plan: MemoryPlan) -> str:
         f"{', streaming' if plan.stream else ''}, {plan.basis_dtype} bases: "
         f"{plan.predicted_bytes / 2**30:.2f} GiB ({terms})"
     )
+
+
+# -- a single Lanczos solve under a budget (SolverConfig.max_memory) ----------------------------
+def fit_ncv(
+    budget: int | str,
+    ncv: int,
+    k: int,
+    b: int,
+    B: int,
+    m: int,
+    n: int,
+    dtype: torch.dtype,
+    basis_dtype: str = "float64",
+) -> int:
+    """The largest basis ``<= ncv`` whose bases and blocks fit ``budget``."""
+    limit = parse_memory(budget)
+    block = 2 * B * b * (m + n) * dtype.itemsize
+    w = getattr(torch, basis_dtype).itemsize
+    for cv in range(ncv, k + b, -1):
+        if w * B * (cv + b) * (m + n) + block <= limit:
+            return cv
+    need = w * B * (k + 2 * b + 1) * (m + n) + block
+    raise ValueError(
+        f"max_memory={budget!r} is below the smallest rank-{k} Lanczos solve of this operator: "
+        f"{need / 2**30:.2f} GiB of bases and blocks for {B} sample(s) of {m} x {n}"
+    )
+
+
+def storage_for_budget(
+    budget: int | str, ncv: int, b: int, B: int, m: int, n: int, dtype: torch.dtype, asked: str
+) -> str:
+    """The basis storage under a memory budget: a network whose products are float32 (or
+    coarser) gets float32-stored bases when float64 ones would not fit at ``ncv``, before
+    :func:`fit_ncv` lowers ``ncv``. Its products carry float32 rounding anyway and the sums stay
+    in float64, so the answer is the same to that rounding, while a smaller basis would cost
+    products."""
+    if asked != "float64" or dtype.itemsize > 4:
+        return asked
+    block = 2 * B * b * (m + n) * dtype.itemsize
+    fits = 8 * B * (ncv + b) * (m + n) + block <= parse_memory(budget)
+    return "float64" if fits else "float32"
