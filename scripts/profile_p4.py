@@ -8,8 +8,7 @@ bases, and the working tree's ``lanczos.py`` or the one committed at ``--baselin
 in place of the current module, the rest of the library unchanged). Rows are interleaved so
 that before and after share the machine's load.
 
-``--free-forward`` adds an ablation (not library code): the operator's forward pass freeing
-each tangent after its last reader, as the adjoint pass does. ``--repeats`` runs every
+``--repeats`` runs every
 configuration that many times, interleaved; heap layout moves the peak by 10-20 MiB between
 identical runs, so the table gives the median and the range.
 
@@ -79,40 +78,16 @@ def _use_baseline(rev: str) -> None:
     solvers._BACKENDS["lanczos"] = mod.lanczos_svd
 
 
-def _free_forward() -> None:
-    """The operator's forward pass dropping each tangent after its last reader. Measured here
-    first as an ablation, it is now what ``AdjointOperator._forward`` does, so against the
-    current tree this row repeats ``current``; against an older tree it shows the change."""
-    from rprselect.adjoint import AdjointOperator
-
-    @torch.no_grad()
-    def _forward(self: Any, t: torch.Tensor) -> torch.Tensor:
-        rec = self._rec
-        last = {src: i for i, step in enumerate(rec.steps) for src in step.inputs}
-        env: dict[str, torch.Tensor] = {rec.input: t}
-        for i, step in enumerate(rec.steps):
-            env[step.node] = step.rule(*(env[src] for src in step.inputs))
-            for src in set(step.inputs):
-                if last[src] == i and src != rec.output:
-                    del env[src]
-        return env[rec.output]
-
-    AdjointOperator._forward = _forward  # type: ignore[method-assign]
-
-
 def one(weights: str, basis: str, code: str, size: int) -> dict[str, Any]:
     """One configuration, measured as ``bench solvers`` does (call in a fresh process).
 
-    ``code``: ``current`` (the working tree), a git revision (its ``lanczos.py``), or
-    ``current+freefwd`` (the working tree with :func:`_free_forward`)."""
+    ``code``: ``current`` (the working tree) or a git revision (its ``lanczos.py``)."""
     import rprselect
     from rprselect.benchmarks.bench_data import unet_and_volumes
     from rprselect.benchmarks.peak_memory import PeakMemory
 
     torch.set_num_threads(1)
-    if code == "current+freefwd":
-        _free_forward()
-    elif code != "current":
+    if code != "current":
         _use_baseline(code)
     model, X = unet_and_volumes(1, size, 4, 8, None if weights == "random" else TRAINED, 0)
     mem = PeakMemory("cpu")
@@ -230,7 +205,6 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--basis", nargs="+", default=["float64", "float32"])
     ap.add_argument("--size", type=int, default=64)
     ap.add_argument("--repeats", type=int, default=1, help="processes per configuration")
-    ap.add_argument("--free-forward", action="store_true", help="also the _free_forward ablation")
     ap.add_argument("--stages", default=None, help="basis dtype: per-stage RSS of one solve")
     ap.add_argument("--one", default=None, help=argparse.SUPPRESS)  # weights,basis,code (child)
     ap.add_argument("--out", default=None, help="write the rows as JSON here")
@@ -240,13 +214,10 @@ def main(argv: list[str] | None = None) -> int:
         print(json.dumps(one(w, b, c, args.size)))
         return 0
     if args.stages:
-        if args.free_forward:
-            _free_forward()
         for w in args.weights:
             stages(w, args.stages, args.size)
         return 0
     codes = ([args.baseline] if args.baseline else []) + ["current"]
-    codes += ["current+freefwd"] if args.free_forward else []
     rows = []
     for _, w, b, c in itertools.product(range(args.repeats), args.weights, args.basis, codes):
         cmd = [sys.executable, __file__, "--one", f"{w},{b},{c}", "--size", str(args.size)]
