@@ -6,6 +6,8 @@ the locked vectors stop changing, every reported residual equals the residual me
 explicit products in float64, and the answer matches LAPACK as closely as without locking.
 """
 
+import dataclasses
+
 import torch
 from torch import Tensor
 
@@ -47,22 +49,8 @@ def _solve(A: Tensor, lock: bool, seen: list[LanczosState] | None = None):
 
     def record(state: LanczosState) -> bool:
         if seen is not None:
-            seen.append(
-                LanczosState(
-                    state.step,
-                    state.values.clone(),
-                    state.estimates,
-                    state.n_products,
-                    state.next_value,
-                    state.next_residual,
-                    state.residual_norm,
-                    state.tail_values,
-                    state.tail_residuals,
-                    state._V.clone(),
-                    state._Y.clone(),
-                    state.locked,
-                )
-            )
+            # the state's basis is a view of the solver's buffer: keep a copy
+            seen.append(dataclasses.replace(state, _V=state._V.clone(), _Y=state._Y.clone()))
         return False
 
     return lanczos_svd(Matrix(A), 8, 1e-10, config, stop=record)

@@ -83,7 +83,7 @@ def test_certified_interval_holds_the_true_rpr_at_every_step(
         half = torch.maximum(c - lo, hi - c)
         assert bool((half <= _old_half(state, x) + 1e-12).all())
         seen.append((c, lo, hi))
-        locked.append(getattr(state, "locked", 0))
+        locked.append(state.locked)
         return False
 
     op = rprselect.linearize_batch(net, X)

@@ -81,6 +81,8 @@ class LanczosState:
         tail_residuals: ``(B, r - k)`` their absolute residuals (both sides, see
             ``residual_norm``).
         locked: triplets locked so far (frozen at a restart, see ``SolverConfig.lock``).
+        locked_mask: ``(B, r)`` which of the step's Ritz triplets (``values`` then
+            ``tail_values``) are locked; ``None`` means none is.
     """
 
     step: int
@@ -95,6 +97,7 @@ class LanczosState:
     _V: Tensor  # (B, p, n) rows: the right basis
     _Y: Tensor  # (B, p, r) right singular vectors of the projected matrix
     locked: int = 0
+    locked_mask: Tensor | None = None
 
     def right_vectors(self, r: int | None = None) -> Tensor:
         """The top-``r`` right Ritz vectors, ``(B, n, r)`` in float64 (default ``r = k``)."""
@@ -393,6 +396,7 @@ class _Ritz:
             V,
             self.right(),
             self.L,
+            self.order < self.L if self.L else None,
         )
 
 

@@ -101,11 +101,9 @@ def _gram_residuals(state: LanczosState) -> Tensor:
     k = vals.shape[-1]
     R = _residuals(state)
     out = vals * R[:, :k]
-    L = getattr(state, "locked", 0)
-    if L == 0:
+    locked = state.locked_mask  # (B, r)
+    if locked is None:
         return out
-    # the locked triplets' right coefficients are unit vectors on the first L basis rows
-    locked = state._Y[:, :L, :].abs().amax(1) > 0.5  # (B, r)
     rho_l = (R.pow(2) * locked).sum(-1).sqrt()
     S = torch.cat([vals, state.tail_values], -1)
     kappa = (S * locked).amax(-1) + rho_l
