@@ -36,10 +36,11 @@ class SolverConfig:
             :func:`~rprselect.solvers.memory.plan_memory` under the same budget.
         basis_dtype: ``"float64"`` (the default) or ``"float32"``, how the Lanczos bases are
             stored; every sum over them runs in float64 either way (float32 slabs are upcast
-            as they are read). float32 halves the bases' memory (at 64³: peak 3.3-3.8x a
-            forward pass instead of 4.2-5.2x) for 10-35 % more wall time, with the same
-            products and residuals within the network's float32 rounding. The sliding-window
-            memory plan picks it only when float64 bases cannot fit the budget.
+            as they are read). float32 halves the bases' memory (at 64³ in `bench solvers`: peak
+            2.4-2.6x a forward pass instead of 3.4-4.4x) for 2-5 % more wall time, with the
+            same products and residuals within the network's float32 rounding. Under
+            ``max_memory`` a float32 network gets it when float64 bases do not fit, and the
+            sliding-window memory plan picks it only when float64 bases cannot fit the budget.
         lock: at a thick restart, freeze the leading Ritz triplets that have met ``tol``
             (Lanczos only): their vectors stay as they are, their residuals are recorded, and
             later steps solve only the projected matrix of the unlocked part.
